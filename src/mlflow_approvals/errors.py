@@ -11,6 +11,7 @@ with the right exit code::
         ├── PolicyError               (INVALID_PARAMETER_VALUE, 400)
         ├── RequestNotFound           (RESOURCE_DOES_NOT_EXIST, 404)
         ├── InvalidRequest            (INVALID_PARAMETER_VALUE, 400)
+        ├── ModelVersionNotFound      (RESOURCE_DOES_NOT_EXIST, 404)  unknown model, version or alias
         └── AuditUnavailable          (ABORTED, 409)  the audit store could not be written
 
 No code here has a 5xx error code: MLflow's REST client retries 5xx answers for about 30 seconds,
@@ -37,6 +38,7 @@ __all__ = [
     "ApprovalPending",
     "AuditUnavailable",
     "InvalidRequest",
+    "ModelVersionNotFound",
     "NotAuthorized",
     "PolicyError",
     "RequestNotFound",
@@ -87,6 +89,12 @@ class InvalidRequest(ApprovalError):
     """The request cannot be filed or changed as asked: bad target, ended request, bad input."""
 
     error_code = INVALID_PARAMETER_VALUE
+
+
+class ModelVersionNotFound(ApprovalError):
+    """The registered model, version or alias named does not exist."""
+
+    error_code = RESOURCE_DOES_NOT_EXIST
 
 
 class AuditUnavailable(ApprovalError):

@@ -1,0 +1,266 @@
+"""Audit events, their canonical hashing, and the artifact store that keeps them.
+
+An audit event is a CloudEvents 1.0 document (structured mode) whose ``data`` holds what
+21 CFR Part 11 §11.10(e)/§11.50 and EU GMP Annex 11 §9 ask of an audit trail: who (id and
+printed name), what it meant, why (the comment), the values before and after, when, and which
+policy rule applied. Its hash is the SHA-256 of its RFC 8785 canonical JSON.
+
+Layout: one run per registered model in the audit experiment (``mlflow-approvals-audit``), one
+artifact file per event, named ``events/v<version>/<time>-<sha256>.json`` (events about the
+model as a whole go under ``events/model/``). Files are never rewritten: a second write of the
+same event writes the same bytes to the same name. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rfc8785
+
+from mlflow_approvals.lifecycle import utcnow
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+SPECVERSION = "1.0"
+TYPE_PREFIX = "org.mlflow-approvals."
+EXPERIMENT_ENV = "MLFLOW_APPROVALS_AUDIT_EXPERIMENT"
+LOCATION_ENV = "MLFLOW_APPROVALS_AUDIT_ARTIFACT_LOCATION"
+DEFAULT_EXPERIMENT = "mlflow-approvals-audit"
+MODEL_TAG = "mlflow_approvals.audit.model"
+_NAMESPACE = uuid.UUID("6f1c0a52-64a1-4f0e-9a1e-2d6b7c1e5a10")
+
+# The kinds of event, and the meaning of the signature each one carries.
+EVENT_TYPES: dict[str, str] = {
+    "request.created": "request",
+    "signoff.approved": "approval",
+    "signoff.rejected": "rejection",
+    "request.cancelled": "cancellation",
+    "request.expired": "expiry",
+    "stage.transitioned": "application",
+    "version.archived": "application",
+    "alias.set": "application",
+    "alias.deleted": "application",
+    "attempt.denied": "denied attempt",
+    "change.detected": "change outside the gate",
+}
+
+
+def canonical(event: Mapping[str, Any]) -> bytes:
+    """The RFC 8785 canonical JSON bytes of an event."""
+    return rfc8785.dumps(dict(event))
+
+
+def event_hash(event: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the event's canonical JSON."""
+    return hashlib.sha256(canonical(event)).hexdigest()
+
+
+def deterministic_id(*parts: str) -> str:
+    """A CloudEvents id derived from ``parts``: two deliveries of one event share it."""
+    return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def make_event(
+    *,
+    type: str,
+    name: str,
+    version: str | None,
+    actor: str,
+    display_name: str | None = None,
+    comment: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    request_id: str | None = None,
+    policy_hash: str | None = None,
+    rule: str | None = None,
+    run_id: str | None = None,
+    source: str | None = None,
+    parents: Iterable[str] = (),
+    event_id: str | None = None,
+    time: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build one audit event (a structured-mode CloudEvent)."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown audit event type {type!r}")
+    data: dict[str, Any] = {
+        "actor": {"id": actor, "display_name": display_name or actor},
+        "meaning": EVENT_TYPES[type],
+        "comment": comment,
+        "before": before,
+        "after": after,
+        "request_id": request_id,
+        "policy": {"hash": policy_hash, "rule": rule},
+        "model": {"name": name, "version": version, "run_id": run_id, "source": source},
+        "parents": sorted(set(parents)),
+    }
+    if extra:
+        data.update(extra)
+    return {
+        "specversion": SPECVERSION,
+        "id": event_id or str(uuid.uuid4()),
+        "source": f"/mlflow-approvals/registered-models/{name}",
+        "type": TYPE_PREFIX + type,
+        "time": _ts(time or utcnow()),
+        "subject": f"models:/{name}/{version}" if version is not None else f"models:/{name}",
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def event_path(event: Mapping[str, Any], digest: str) -> str:
+    """The artifact path of an event: its folder (by version) and a name carrying its hash."""
+    version = event["data"]["model"]["version"]
+    folder = f"v{version}" if version is not None else "model"
+    stamp = event["time"].replace("-", "").replace(":", "").replace(".", "")
+    return f"events/{folder}/{stamp}-{digest}.json"
+
+
+class AuditStore:
+    """Writes and reads the audit log of registered models as MLflow artifacts.
+
+    ``tracking`` is a plain ``MlflowClient`` for the same tracking server. The audit experiment
+    is created on first use. On a local ``sqlite:///`` registry its artifacts live beside the
+    database file (``<db folder>/mlflow-approvals-audit``) rather than under the working
+    directory, so every process writes the trail to one place; elsewhere the server decides,
+    unless MLFLOW_APPROVALS_AUDIT_ARTIFACT_LOCATION says otherwise.
+    """
+
+    def __init__(
+        self,
+        tracking: MlflowClient,
+        experiment_name: str | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
+        self._client = tracking
+        self.experiment_name = (
+            experiment_name or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+        )
+        self._artifact_location = artifact_location or os.environ.get(LOCATION_ENV)
+        self._experiment_id: str | None = None
+        self._runs: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    # -- where the log lives -------------------------------------------------------------
+    def _default_location(self) -> str | None:
+        uri = str(self._client.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///") :])
+            return str((db.parent / "mlflow-approvals-audit").resolve())
+        return None
+
+    def experiment_id(self, create: bool = True) -> str | None:
+        """The audit experiment's id (created when missing and ``create``)."""
+        if self._experiment_id is not None:
+            return self._experiment_id
+        exp = self._client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            if not create:
+                return None
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._experiment_id = self._client.create_experiment(
+                    self.experiment_name,
+                    artifact_location=self._artifact_location or self._default_location(),
+                    tags={"mlflow_approvals.audit": "true"},
+                )
+            except MlflowException:  # created meanwhile by another writer
+                exp = self._client.get_experiment_by_name(self.experiment_name)
+                if exp is None:
+                    raise
+                self._experiment_id = exp.experiment_id
+        else:
+            self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def run_ids(self, name: str, create: bool = True) -> list[str]:
+        """The audit runs of model ``name``, oldest first (normally exactly one).
+
+        Two writers creating the first run at once may both create one; events are then read
+        from all of them, and new ones go to the oldest, so none is lost.
+        """
+        with self._lock:
+            if self._runs.get(name):
+                return self._runs[name]
+            exp_id = self.experiment_id(create=create)
+            if exp_id is None:
+                return []
+            runs = self._find_runs(exp_id, name)
+            if not runs and create:
+                run = self._client.create_run(
+                    exp_id, run_name=f"audit-{name}"[:250], tags={MODEL_TAG: name}
+                )
+                runs = self._find_runs(exp_id, name) or [run.info.run_id]
+            if runs:
+                self._runs[name] = runs
+            return runs
+
+    def _find_runs(self, exp_id: str, name: str) -> list[str]:
+        quoted = name.replace("'", "\\'")
+        found = self._client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{MODEL_TAG}` = '{quoted}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=100,
+        )
+        ordered = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
+        return [r.info.run_id for r in ordered]
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, event: Mapping[str, Any]) -> str:
+        """Write one event as its own artifact file; return its hash.
+
+        Raises ``AuditUnavailable`` when the artifact store cannot be written: the caller must
+        then not make the change the event records.
+        """
+        digest = event_hash(event)
+        name = event["data"]["model"]["name"]
+        try:
+            run_id = self.run_ids(name)[0]
+            self._client.log_text(run_id, canonical(event).decode(), event_path(event, digest))
+        except Exception as exc:
+            from mlflow_approvals.errors import AuditUnavailable
+
+            raise AuditUnavailable(
+                f"the audit log of '{name}' could not be written ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); nothing was changed. Check the audit artifact store "
+                "(its location and permissions) and try again."
+            ) from exc
+        return digest
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, name: str, dest: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
+        """Download every event file of model ``name``; return (artifact path, bytes) pairs."""
+        out: list[tuple[str, bytes]] = []
+        for i, run_id in enumerate(self.run_ids(name, create=False)):
+            target = Path(dest) / f"run{i}"
+            target.mkdir(parents=True, exist_ok=True)
+            if not self._client.list_artifacts(run_id, "events"):
+                continue
+            local = Path(self._client.download_artifacts(run_id, "events", str(target)))
+            for path in sorted(local.rglob("*.json")):
+                rel = "events/" + path.relative_to(local).as_posix()
+                out.append((rel, path.read_bytes()))
+        return out
+
+
+def parse_event(raw: bytes) -> dict[str, Any]:
+    """Parse one event file; raises ValueError when it is not a JSON object."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value

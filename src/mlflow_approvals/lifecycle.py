@@ -1,0 +1,465 @@
+"""Requests, sign-offs and the pure decisions of the approval lifecycle.
+
+Everything here takes data and returns data: no MLflow, no clock reads (``now`` is passed in), no
+I/O. A request's status is *derived* from its facts (the request, the sign-offs, a cancel, an
+apply), never stored, so concurrent writers cannot overwrite it::
+
+    pending ──(last level satisfied)──> approved ──(apply)──> applied
+       │                                   └──(apply failed: stays approved, retry)
+       ├──(one rejection)──> rejected
+       ├──(requester or admin)──> cancelled
+       └──(deadline passes)──> expired
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal
+
+TargetKind = Literal["stage", "alias"]
+TargetAction = Literal["set", "delete"]
+Decision = Literal["approve", "reject"]
+
+
+class Status(str, Enum):
+    """The status of a request, derived from its facts."""
+
+    PENDING = "pending"
+    APPROVED = "approved"  # every level satisfied, not (yet) applied: an apply failed or is running
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_open(self) -> bool:
+        """True while the request can still be signed or applied."""
+        return self in (Status.PENDING, Status.APPROVED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request asks for: a stage, or an alias to set on (or delete from) the version."""
+
+    kind: TargetKind
+    value: str
+    action: TargetAction = "set"
+    archive_existing_versions: bool = False
+
+    def __str__(self) -> str:
+        if self.kind == "stage":
+            extra = " (archiving the versions there)" if self.archive_existing_versions else ""
+            return f"stage {self.value}{extra}"
+        return f"alias @{self.value}" if self.action == "set" else f"deletion of alias @{self.value}"
+
+    def same_as(self, other: Target) -> bool:
+        """True when both ask for the same change (used to find an identical open request)."""
+        return self == other
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """``count`` sign-offs from members of ``role``."""
+
+    role: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.count} of {self.role}"
+
+
+@dataclass(frozen=True)
+class SignOff:
+    """One person's decision on a request. Only one per person per request."""
+
+    actor: str
+    decision: Decision
+    role: str | None
+    level: int | None  # 1-based level the approval counts toward; None for a rejection
+    comment: str | None
+    time: datetime
+    display_name: str | None = None
+    event: str | None = None  # hash of the audit event that records it
+
+    @property
+    def meaning(self) -> str:
+        """The meaning of the signature, as 21 CFR Part 11 §11.50 asks it to be shown."""
+        if self.decision == "reject":
+            return "rejection"
+        return f"approval as {self.role} (level {self.level})"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A cancellation or an application: who, when, why."""
+
+    actor: str
+    time: datetime
+    comment: str | None = None
+    event: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """The request fact as filed: immutable once written."""
+
+    id: str
+    name: str
+    version: str
+    target: Target
+    requester: str
+    created_at: datetime
+    comment: str | None
+    rule: str
+    levels: tuple[tuple[Requirement, ...], ...]
+    separation_of_duties: bool
+    expires_at: datetime | None
+    policy_hash: str
+    event: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A request and everything signed on it, with its derived status.
+
+    ``signoffs`` holds the approvals and the rejection (one entry per person, oldest first);
+    the request itself is not a sign-off. ``missing`` lists what the open level still needs.
+    """
+
+    record: RequestRecord
+    signoffs: tuple[SignOff, ...]
+    status: Status
+    open_level: int | None
+    missing: tuple[Requirement, ...]
+    cancelled: Ending | None = None
+    applied: Ending | None = None
+    expired: Ending | None = None
+
+    # Flat accessors, so callers read request.target rather than request.record.target.
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def version(self) -> str:
+        return self.record.version
+
+    @property
+    def target(self) -> str:
+        """The stage or alias name the request is about."""
+        return self.record.target.value
+
+    @property
+    def target_kind(self) -> TargetKind:
+        return self.record.target.kind
+
+    @property
+    def action(self) -> TargetAction:
+        return self.record.target.action
+
+    @property
+    def archive_existing_versions(self) -> bool:
+        return self.record.target.archive_existing_versions
+
+    @property
+    def requester(self) -> str:
+        return self.record.requester
+
+    @property
+    def created_at(self) -> datetime:
+        return self.record.created_at
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return self.record.expires_at
+
+    @property
+    def comment(self) -> str | None:
+        return self.record.comment
+
+    @property
+    def rule(self) -> str:
+        return self.record.rule
+
+    @property
+    def levels(self) -> tuple[tuple[Requirement, ...], ...]:
+        return self.record.levels
+
+    @property
+    def is_open(self) -> bool:
+        return self.status.is_open
+
+    def describe(self) -> str:
+        """One line: what is asked, and where it stands."""
+        head = f"request {self.id}: {self.name} v{self.version} -> {self.record.target}"
+        if self.status is Status.PENDING and self.open_level is not None:
+            need = ", ".join(str(m) for m in self.missing)
+            return f"{head}: pending at level {self.open_level} (needs {need})"
+        return f"{head}: {self.status.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view with a stable shape (the CLI's ``--json`` output)."""
+
+        def ts(t: datetime | None) -> str | None:
+            return None if t is None else t.isoformat().replace("+00:00", "Z")
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "target": {
+                "kind": self.target_kind,
+                "value": self.target,
+                "action": self.action,
+                "archive_existing_versions": self.archive_existing_versions,
+            },
+            "status": self.status.value,
+            "requester": self.requester,
+            "created_at": ts(self.created_at),
+            "expires_at": ts(self.expires_at),
+            "comment": self.comment,
+            "rule": self.rule,
+            "levels": [[{"role": r.role, "count": r.count} for r in lvl] for lvl in self.levels],
+            "open_level": self.open_level,
+            "missing": [{"role": r.role, "count": r.count} for r in self.missing],
+            "signoffs": [
+                {
+                    "actor": s.actor,
+                    "display_name": s.display_name or s.actor,
+                    "decision": s.decision,
+                    "role": s.role,
+                    "level": s.level,
+                    "meaning": s.meaning,
+                    "comment": s.comment,
+                    "time": ts(s.time),
+                }
+                for s in self.signoffs
+            ],
+            "cancelled": None
+            if self.cancelled is None
+            else {"actor": self.cancelled.actor, "time": ts(self.cancelled.time),
+                  "comment": self.cancelled.comment},
+            "applied": None
+            if self.applied is None
+            else {"actor": self.applied.actor, "time": ts(self.applied.time)},
+        }
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, millisecond precision (the clock the edges pass in)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def level_progress(
+    levels: tuple[tuple[Requirement, ...], ...], signoffs: tuple[SignOff, ...]
+) -> tuple[int | None, tuple[Requirement, ...]]:
+    """Return (open level, what it still needs); (None, ()) when every level is satisfied.
+
+    An approval counts toward the requirement recorded in it (its level and role); approvals
+    beyond a requirement's count are surplus and change nothing.
+    """
+    for number, level in enumerate(levels, start=1):
+        missing = []
+        for req in level:
+            have = sum(
+                1
+                for s in signoffs
+                if s.decision == "approve" and s.level == number and s.role == req.role
+            )
+            if have < req.count:
+                missing.append(Requirement(req.role, req.count - have))
+        if missing:
+            return number, tuple(missing)
+    return None, ()
+
+
+def derive(
+    record: RequestRecord,
+    signoffs: tuple[SignOff, ...],
+    now: datetime,
+    cancelled: Ending | None = None,
+    applied: Ending | None = None,
+    expired: Ending | None = None,
+) -> ApprovalRequest:
+    """Derive a request's status from its facts and the clock."""
+    ordered = tuple(sorted(signoffs, key=lambda s: (s.time, s.actor)))
+    open_level, missing = level_progress(record.levels, ordered)
+    if cancelled is not None:
+        status = Status.CANCELLED
+    elif any(s.decision == "reject" for s in ordered):
+        status = Status.REJECTED
+    elif applied is not None:
+        status = Status.APPLIED
+    elif open_level is None:
+        status = Status.APPROVED
+    elif expired is not None or (record.expires_at is not None and now >= record.expires_at):
+        status = Status.EXPIRED
+    else:
+        status = Status.PENDING
+    return ApprovalRequest(
+        record=record,
+        signoffs=ordered,
+        status=status,
+        open_level=open_level if status is Status.PENDING else None,
+        missing=missing if status is Status.PENDING else (),
+        cancelled=cancelled,
+        applied=applied,
+        expired=expired,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to "may this actor do this?": allowed with the role/level it counts as, or why not."""
+
+    allowed: bool
+    reason: str = ""
+    role: str | None = None
+    level: int | None = None
+    # a refusal that should be audited as a denied attempt (not for ended requests or repeats)
+    kind: Literal["ok", "not-authorized", "invalid"] = "ok"
+
+
+def _refuse(reason: str, kind: Literal["not-authorized", "invalid"] = "not-authorized") -> Verdict:
+    return Verdict(False, reason, kind=kind)
+
+
+def _ended(request: ApprovalRequest) -> Verdict | None:
+    if request.status.is_open:
+        return None
+    return _refuse(
+        f"request {request.id} is {request.status.value} and can no longer be signed"
+        + ("; file a new request" if request.status is not Status.APPLIED else ""),
+        "invalid",
+    )
+
+
+def decide_signoff(
+    request: ApprovalRequest, actor: str, actor_roles: tuple[str, ...], decision: Decision
+) -> Verdict:
+    """May ``actor`` (holding ``actor_roles``) approve or reject ``request``? And as what?
+
+    Rules: an ended request takes no sign-off; a person signs a request once; with separation of
+    duties the requester cannot sign; an approval must come from a role the open level still
+    needs, and counts toward the first such requirement in policy order; a rejection may come
+    from anyone holding a role named at any level of the rule.
+    """
+    ended = _ended(request)
+    if ended is not None:
+        return ended
+    if request.status is Status.APPROVED:
+        return _refuse(
+            f"request {request.id} is already approved by every level; it only needs applying",
+            "invalid",
+        )
+    if any(s.actor == actor for s in request.signoffs):
+        return _refuse(f"{actor} has already signed request {request.id}; a person signs once",
+                       "invalid")
+    if request.record.separation_of_duties and actor == request.requester:
+        return _refuse(
+            f"{actor} filed request {request.id} and cannot sign it (separation of duties): "
+            "ask another approver"
+        )
+    rule_roles = {r.role for lvl in request.levels for r in lvl}
+    if decision == "reject":
+        if not rule_roles.intersection(actor_roles):
+            return _refuse(
+                f"{actor} holds none of the roles of rule '{request.rule}' "
+                f"({', '.join(sorted(rule_roles))}) and cannot reject request {request.id}"
+            )
+        return Verdict(True, role=next(r for r in actor_roles if r in rule_roles))
+    level = request.open_level
+    assert level is not None  # pending requests always have an open level
+    for req in request.missing:
+        if req.role in actor_roles:
+            return Verdict(True, role=req.role, level=level)
+    needed = ", ".join(str(m) for m in request.missing)
+    later = [
+        n
+        for n, lvl in enumerate(request.levels, start=1)
+        if n > level and any(r.role in actor_roles for r in lvl)
+    ]
+    if later:
+        return _refuse(
+            f"level {level} is open (needs {needed}); {actor} signs at level {later[0]}, "
+            f"which opens once level {level} is signed"
+        )
+    return _refuse(
+        f"{actor} holds no role that level {level} of request {request.id} still needs "
+        f"(needs {needed}; {actor} holds {', '.join(actor_roles) or 'no role'})"
+    )
+
+
+def decide_cancel(request: ApprovalRequest, actor: str, is_admin: bool) -> Verdict:
+    """May ``actor`` cancel ``request``? Only the requester or an admin, only while open."""
+    ended = _ended(request)
+    if ended is not None:
+        return Verdict(False, ended.reason.replace("signed", "cancelled"), kind="invalid")
+    if actor != request.requester and not is_admin:
+        return _refuse(
+            f"only the requester ({request.requester}) or an admin may cancel request {request.id}"
+        )
+    return Verdict(True)
+
+
+def eligible_signers(
+    levels: tuple[tuple[Requirement, ...], ...],
+    members: dict[str, tuple[str, ...]],
+    excluded: str | None,
+) -> str | None:
+    """Return why the levels cannot be signed by distinct people other than ``excluded``, or None.
+
+    Used when a request is filed: with separation of duties the requester's own membership does
+    not count, and a policy that was satisfiable on paper may not be for this requester.
+    """
+    slots = [r.role for lvl in levels for r in lvl for _ in range(r.count)]
+    people = {p for role in set(slots) for p in members.get(role, ()) if p != excluded}
+    match: dict[str, int] = {}
+
+    def augment(slot: int, seen: set[str]) -> bool:
+        for person in sorted(members.get(slots[slot], ())):
+            if person == excluded or person in seen:
+                continue
+            seen.add(person)
+            if person not in match or augment(match[person], seen):
+                match[person] = slot
+                return True
+        return False
+
+    filled = sum(1 for i in range(len(slots)) if augment(i, set()))
+    if filled < len(slots):
+        roles = ", ".join(sorted(set(slots)))
+        return (
+            f"needs {len(slots)} distinct signers from {roles}, but only {len(people)} "
+            f"people other than {excluded} hold those roles"
+        )
+    return None
+
+
+__all__ = [
+    "ApprovalRequest",
+    "Decision",
+    "Ending",
+    "RequestRecord",
+    "Requirement",
+    "SignOff",
+    "Status",
+    "Target",
+    "Verdict",
+    "decide_cancel",
+    "decide_signoff",
+    "derive",
+    "eligible_signers",
+    "level_progress",
+    "utcnow",
+]

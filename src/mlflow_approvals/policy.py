@@ -1,0 +1,645 @@
+"""The approval policy: who must sign off before a model version reaches a stage or an alias.
+
+A policy is a YAML or JSON file (see ``docs/policy.md``)::
+
+    roles:
+      data-scientist: [alice, bob]
+      ml-engineer: [carol, erin]
+      business-owner: [dave]
+    admins: [ml-engineer]
+    rules:
+      - name: production
+        models: ["fraud-*"]
+        stages: [Production]
+        aliases: [champion]
+        levels:
+          - [{role: data-scientist, count: 1}, {role: ml-engineer, count: 1}]
+          - [{role: business-owner, count: 1}]
+        expires_after: 7d
+    default: allow
+
+This module is pure: it reads the policy file when asked to load it and does nothing else. The
+models are frozen pydantic models that refuse unknown keys. Every policy that could never be
+satisfied is refused when it is loaded, with a :class:`~mlflow_approvals.errors.PolicyError`
+naming the file, the field path and the problem, and saying what to do:
+
+* unknown keys, wrong types, an empty ``levels`` list or an empty level;
+* a requirement naming a role that is not defined, a ``count`` below 1, or a ``count`` larger
+  than the role's members;
+* duplicate rule names, a bad ``expires_after`` duration, an unknown stage;
+* an ``admins`` entry naming a role that is not defined;
+* a rule that names no stage and no alias;
+* a rule whose requirements cannot be filled by distinct people (a person signs a request once,
+  and that sign-off counts toward one requirement).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from mlflow_approvals.errors import PolicyError
+
+__all__ = [
+    "ENV_VAR",
+    "STAGES",
+    "Policy",
+    "Requirement",
+    "Rule",
+    "canonical_stage",
+    "describe_rule",
+    "format_duration",
+    "load_policy",
+    "parse_duration",
+    "policy_from_env",
+]
+
+STAGES: tuple[str, ...] = ("None", "Staging", "Production", "Archived")
+"""The model-version stages MLflow knows, in their canonical spelling."""
+
+ENV_VAR = "MLFLOW_APPROVALS_POLICY"
+"""The environment variable that holds the path of the policy file."""
+
+INLINE_SOURCE = "<inline policy>"
+
+_STAGE_BY_LOWER = {stage.lower(): stage for stage in STAGES}
+
+_DURATION_UNITS: dict[str, int] = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+_DURATION_HINT = "write a whole number followed by s, m, h, d or w, e.g. '30s', '15m', '12h', '7d'"
+
+Loc = tuple[int | str, ...]
+
+
+def canonical_stage(stage: str) -> str:
+    """Return the canonical spelling of a stage name, matched case-insensitively.
+
+    >>> canonical_stage("production")
+    'Production'
+
+    Raises ``ValueError`` for a name that is not one of :data:`STAGES`.
+    """
+    try:
+        return _STAGE_BY_LOWER[stage.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}") from None
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a duration such as ``"30s"``, ``"15m"``, ``"12h"``, ``"7d"`` or ``"2w"``.
+
+    The number is a whole number above zero; the unit is one of s, m, h, d, w. Raises
+    ``ValueError`` with a message saying what to write instead.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"invalid duration {text!r}: {_DURATION_HINT}")
+    found = _DURATION_RE.fullmatch(text)
+    if found is None:
+        raise ValueError(f"invalid duration {text!r}: {_DURATION_HINT}")
+    number = int(found.group(1))
+    if number <= 0:
+        raise ValueError(f"invalid duration {text!r}: it must be greater than zero")
+    try:
+        return timedelta(seconds=number * _DURATION_UNITS[found.group(2)])
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: it is too long") from None
+
+
+def format_duration(duration: timedelta) -> str:
+    """Return the canonical string form of a whole-second duration: ``7d``, ``12h``, ``90s``.
+
+    The largest of d, h, m, s that divides the duration evenly is used, so ``parse_duration``
+    of the result gives the duration back, and ``"2w"`` and ``"14d"`` both format as ``14d``.
+    """
+    seconds, rest = divmod(duration, timedelta(seconds=1))
+    if rest or seconds <= 0:
+        raise ValueError(
+            f"duration {duration} must be a positive whole number of seconds: {_DURATION_HINT}"
+        )
+    for unit in ("d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    raise AssertionError("unreachable: every whole number of seconds divides by 1")
+
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+StageName = Annotated[str, AfterValidator(canonical_stage)]
+
+
+class Requirement(BaseModel):
+    """``count`` distinct members of ``role`` must sign off."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: NonEmptyStr
+    count: StrictInt = Field(default=1, ge=1)
+
+
+Level = Annotated[tuple[Requirement, ...], Field(min_length=1)]
+
+
+class Rule(BaseModel):
+    """Which targets a rule gates, and the ordered levels of sign-off it asks for.
+
+    A rule matches a request when the registered model's name matches one of ``models`` and the
+    target is one of ``stages`` (for a stage transition) or matches one of ``aliases`` (for an
+    alias). Level 2 opens only when level 1 is satisfied.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: NonEmptyStr
+    models: Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)] = ("*",)
+    stages: tuple[StageName, ...] = ()
+    aliases: tuple[NonEmptyStr, ...] = ()
+    levels: Annotated[tuple[Level, ...], Field(min_length=1)]
+    expires_after: timedelta | None = None
+    separation_of_duties: bool = True
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _expand_shorthand(cls, value: Any) -> Any:
+        """Accept a single ``{role, count}`` mapping as a level of one requirement."""
+        if isinstance(value, (list, tuple)):
+            return [[level] if isinstance(level, Mapping) else level for level in value]
+        return value
+
+    @field_validator("expires_after", mode="before")
+    @classmethod
+    def _parse_expiry(cls, value: Any) -> timedelta | None:
+        """Read ``expires_after`` from a duration string such as ``7d``."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_duration(value)
+        if isinstance(value, timedelta):
+            format_duration(value)  # raises for a zero, negative or fractional duration
+            return value
+        raise ValueError(
+            f"expires_after must be a duration string, got {value!r}: {_DURATION_HINT}"
+        )
+
+    @field_serializer("expires_after")
+    def _dump_expiry(self, value: timedelta | None) -> str | None:
+        return None if value is None else format_duration(value)
+
+    @model_validator(mode="after")
+    def _names_a_target(self) -> Rule:
+        if not self.stages and not self.aliases:
+            raise ValueError(
+                f"rule {self.name!r} names no stage and no alias, so it can never match: "
+                "add `stages: [...]` or `aliases: [...]` (or both)"
+            )
+        return self
+
+    def matches(self, model: str, kind: Literal["stage", "alias"], value: str) -> bool:
+        """Whether this rule gates moving ``model`` to stage ``value`` or alias ``value``.
+
+        Model names and aliases are matched with :func:`fnmatch.fnmatchcase` globs; stages are
+        compared case-insensitively. Raises ``ValueError`` for an unknown stage or kind.
+        """
+        if kind == "stage":
+            stage = canonical_stage(value)
+            hit = stage in self.stages
+        elif kind == "alias":
+            hit = any(fnmatch.fnmatchcase(value, pattern) for pattern in self.aliases)
+        else:
+            raise ValueError(f"unknown target kind {kind!r}: use 'stage' or 'alias'")
+        return hit and any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+class _Problems(ValueError):
+    """Several problems found at once, each with its own field path."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("\n".join(f"{_format_loc(loc)}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+
+class Policy(BaseModel):
+    """An approval policy: the roles, the rules in file order, and what happens with no rule."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: dict[NonEmptyStr, tuple[NonEmptyStr, ...]] = {}
+    admins: tuple[NonEmptyStr, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    default: Literal["allow", "deny"] = "allow"
+
+    _source: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Policy:
+        problems = list(_consistency_problems(self))
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def source(self) -> str | None:
+        """The path the policy was loaded from, or ``None`` for an inline policy."""
+        return self._source
+
+    @property
+    def content_hash(self) -> str:
+        """``sha256:<hex>`` of the policy's canonical JSON; ``source`` is not part of it.
+
+        The same policy written with other key order, YAML or JSON, or the one-requirement
+        level shorthand gives the same hash.
+        """
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def match(self, model: str, kind: Literal["stage", "alias"], value: str) -> Rule | None:
+        """The first rule, in file order, that gates this target, or ``None``.
+
+        With ``None`` the caller applies :attr:`default`: ``allow`` passes the change
+        straight through, ``deny`` refuses it.
+        """
+        for rule in self.rules:
+            if rule.matches(model, kind, value):
+                return rule
+        return None
+
+    def roles_of(self, actor: str) -> tuple[str, ...]:
+        """The roles ``actor`` is a member of, in the order of :attr:`roles` (case-sensitive)."""
+        return tuple(role for role, members in self.roles.items() if actor in members)
+
+    def is_admin(self, actor: str) -> bool:
+        """Whether ``actor`` holds one of the :attr:`admins` roles (may cancel any request)."""
+        return any(actor in self.roles.get(role, ()) for role in self.admins)
+
+
+def describe_rule(rule: Rule) -> list[str]:
+    """One line per level, e.g. ``level 1: 1 of data-scientist, 1 of ml-engineer``."""
+    return [
+        f"level {number}: " + ", ".join(f"{req.count} of {req.role}" for req in level)
+        for number, level in enumerate(rule.levels, start=1)
+    ]
+
+
+def load_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) -> Policy:
+    """Load a policy from a ``.yaml``/``.yml``/``.json`` file path, a mapping, or a Policy.
+
+    A :class:`Policy` is returned as is. A mapping is validated as an inline policy. A path
+    ending in ``.json`` is read as JSON; any other path is read as YAML. Raises
+    :class:`~mlflow_approvals.errors.PolicyError` for a missing or unreadable file, a syntax
+    error (with its line), and every invalid field (all listed, one per line).
+    """
+    if isinstance(source, Policy):
+        return source
+    if isinstance(source, Mapping):
+        return _validate(dict(source), INLINE_SOURCE)
+    if isinstance(source, str) and "\n" in source:
+        raise PolicyError(
+            "load_policy takes the path of a policy file, not the policy text: write the text "
+            "to a .yaml file and pass its path, or pass the parsed mapping"
+        )
+    path = os.fspath(source)
+    data = _read(path)
+    policy = _validate(data, path)
+    policy._source = path
+    return policy
+
+
+def policy_from_env(environ: Mapping[str, str] | None = None) -> Policy | None:
+    """Load the policy named by ``MLFLOW_APPROVALS_POLICY``; ``None`` if it is unset or empty."""
+    env = os.environ if environ is None else environ
+    path = env.get(ENV_VAR, "").strip()
+    if not path:
+        return None
+    return load_policy(os.path.expanduser(path))
+
+
+# -- consistency checks ---------------------------------------------------------------------
+
+
+def _consistency_problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
+    """Every cross-field problem of a policy whose fields are each valid on their own."""
+    for role, members in policy.roles.items():
+        seen: set[str] = set()
+        for index, member in enumerate(members):
+            if member in seen:
+                yield (
+                    ("roles", role, index),
+                    f"{member!r} is listed twice in role {role!r}: list each person once",
+                )
+            seen.add(member)
+
+    for index, role in enumerate(policy.admins):
+        if role not in policy.roles:
+            yield (
+                ("admins", index),
+                f"admins names role {role!r}, which is not defined under roles: "
+                "define it under roles or remove it from admins",
+            )
+
+    first_by_name: dict[str, int] = {}
+    for index, rule in enumerate(policy.rules):
+        if rule.name in first_by_name:
+            yield (
+                ("rules", index, "name"),
+                f"rule name {rule.name!r} is already used by rules[{first_by_name[rule.name]}]: "
+                "give each rule its own name",
+            )
+        else:
+            first_by_name[rule.name] = index
+        yield from _rule_problems(policy.roles, index, rule)
+
+
+def _rule_problems(
+    roles: Mapping[str, tuple[str, ...]], index: int, rule: Rule
+) -> Iterator[tuple[Loc, str]]:
+    """Requirements naming unknown or too-small roles, then the distinct-signer check."""
+    found = False
+    for level_index, level in enumerate(rule.levels):
+        for req_index, req in enumerate(level):
+            loc: Loc = ("rules", index, "levels", level_index, req_index)
+            if req.role not in roles:
+                found = True
+                defined = ", ".join(roles) or "none"
+                yield (
+                    (*loc, "role"),
+                    f"role {req.role!r} is not defined under roles (defined: {defined}): "
+                    "define it or fix the name",
+                )
+                continue
+            members = len(set(roles[req.role]))
+            if members == 0:
+                found = True
+                yield (
+                    (*loc, "role"),
+                    f"role {req.role!r} has no members, so nobody can sign this requirement: "
+                    "add members to the role or remove the requirement",
+                )
+            elif req.count > members:
+                found = True
+                yield (
+                    (*loc, "count"),
+                    f"count {req.count} asks for more signers than role {req.role!r} has "
+                    f"members ({members}): lower the count or add members to the role",
+                )
+    if found:
+        return
+    short = _unfillable_roles(rule, roles)
+    if short is not None:
+        needed = sum(req.count for level in rule.levels for req in level if req.role in short)
+        people = len({member for role in short for member in roles[role]})
+        yield (
+            ("rules", index, "levels"),
+            f"rule {rule.name!r} needs {needed} distinct signers from "
+            f"{'role' if len(short) == 1 else 'roles'} {', '.join(short)} but only {people} "
+            f"{'person holds' if people == 1 else 'people hold'} them (a person signs a request "
+            "once): add members to these roles or lower the counts",
+        )
+
+
+def _unfillable_roles(rule: Rule, roles: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    """Roles whose sign-off slots cannot all go to distinct people, or ``None`` if all can.
+
+    Each requirement contributes ``count`` slots; a slot may be filled by any member of its
+    role, and a person fills at most one slot. Slots are matched one by one along augmenting
+    paths (breadth-first). When a slot cannot be matched, the roles of the slots reached from
+    it need more people than hold them (Hall's condition fails for that set), and are returned
+    in order of first appearance in the rule.
+    """
+    slots = [req.role for level in rule.levels for req in level for _ in range(req.count)]
+    holder: dict[str, int] = {}  # person -> the slot they fill
+    for start in range(len(slots)):
+        parent: dict[int, tuple[int, str] | None] = {start: None}  # slot -> (prev slot, person)
+        queue = [start]
+        free: tuple[int, str] | None = None
+        while queue and free is None:
+            slot = queue.pop(0)
+            for person in roles[slots[slot]]:
+                taken = holder.get(person)
+                if taken is None:
+                    free = (slot, person)
+                    break
+                if taken not in parent:
+                    parent[taken] = (slot, person)
+                    queue.append(taken)
+        if free is None:
+            reached = {slots[slot] for slot in parent}
+            order = dict.fromkeys(req.role for level in rule.levels for req in level)
+            return [role for role in order if role in reached]
+        slot, person = free
+        while True:  # flip the augmenting path back to the start slot
+            holder[person] = slot
+            step = parent[slot]
+            if step is None:
+                break
+            slot, person = step
+    return None
+
+
+# -- reading and error messages ---------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key repeated in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # unhashable: the base constructor reports it
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read(path: str) -> Any:
+    """Read and parse a policy file, turning every failure into a PolicyError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise PolicyError(
+            f"policy file not found: {path}. Point {ENV_VAR} (or policy=) at an existing "
+            ".yaml, .yml or .json policy file"
+        ) from None
+    except IsADirectoryError:
+        raise PolicyError(
+            f"policy path is a directory: {path}. Point {ENV_VAR} (or policy=) at a .yaml, "
+            ".yml or .json policy file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+
+    if path.lower().endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(
+                f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+                "Fix the JSON and load the policy again"
+            ) from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = exc.problem or exc.context or "invalid YAML"
+            raise PolicyError(
+                f"{path}: YAML syntax error{where}: {problem}. Fix the YAML and load the "
+                "policy again"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"{path}: YAML error: {exc}. Fix the YAML") from None
+
+    if data is None:
+        raise PolicyError(
+            f"{path}: the policy file is empty. Write at least `rules:` (see "
+            "docs/policy.md); an empty file is refused so a gate is never opened by accident"
+        )
+    return data
+
+
+def _validate(data: Any, where: str) -> Policy:
+    """Validate parsed policy data, turning a ValidationError into one PolicyError."""
+    if not isinstance(data, Mapping):
+        raise PolicyError(
+            f"{where}: the top level must be a mapping with the keys roles, admins, rules, "
+            f"default; found {type(data).__name__}"
+        )
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        locs = [tuple(error["loc"]) for error in errors]
+        problems = [
+            line
+            for error in errors
+            if not _counts_only_failed_items(error, locs)
+            for line in _explain(error)
+        ]
+        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+        body = "\n".join(f"  {line}" for line in problems)
+        raise PolicyError(
+            f"invalid approval policy in {where} ({count}):\n{body}\n"
+            "Fix each field listed above and load the policy again (docs/policy.md describes "
+            "every field)."
+        ) from None
+
+
+_ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
+    "policy": tuple(Policy.model_fields),
+    "rule": tuple(Rule.model_fields),
+    "requirement": tuple(Requirement.model_fields),
+}
+
+
+def _counts_only_failed_items(error: Mapping[str, Any], locs: list[tuple[Any, ...]]) -> bool:
+    """Whether a "too short" error only counts items that failed and are reported themselves.
+
+    pydantic checks a tuple's length after validating its items, so a level whose one
+    requirement is invalid is also reported as empty; that second report is noise.
+    """
+    if error["type"] != "too_short":
+        return False
+    loc = tuple(error["loc"])
+    return any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
+
+
+def _explain(error: Mapping[str, Any]) -> list[str]:
+    """The lines, ``path: problem: what to do``, for one pydantic error."""
+    loc: Loc = tuple(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _Problems):
+        return [f"{_format_loc((*loc, *sub))}: {msg}" for sub, msg in cause.problems]
+    if kind in ("value_error", "assertion_error") and cause is not None:
+        message = str(cause)
+    elif kind == "extra_forbidden":
+        allowed = _ALLOWED_KEYS.get(_model_at(loc[:-1]))
+        message = f"unknown key {loc[-1]!r}"
+        if allowed:
+            message += f": use one of {', '.join(allowed)}"
+    elif kind == "missing":
+        message = f"required key {loc[-1]!r} is missing: add it"
+    elif kind == "too_short" and loc[-1:] == ("levels",):
+        message = "a rule needs at least one level: add e.g. `- [{role: <role>, count: 1}]`"
+    elif kind == "too_short" and len(loc) >= 2 and loc[-2] == "levels":
+        message = (
+            f"level {int(loc[-1]) + 1} is empty: list at least one {{role, count}} requirement "
+            "or remove the level"
+        )
+    elif kind == "too_short" and loc[-1:] == ("models",):
+        message = "models is empty, so the rule can never match: list a glob such as '*'"
+    elif kind == "greater_than_equal" and loc[-1:] == ("count",):
+        message = (
+            f"count must be 1 or more, got {error['input']!r}: it is how many distinct "
+            "members of the role must sign"
+        )
+    elif kind == "string_type" and isinstance(error["input"], (bool, int, float)):
+        message = (
+            f"expected text, got {type(error['input']).__name__} {error['input']!r}: "
+            "quote the value in YAML (e.g. 'no', '123')"
+        )
+    else:
+        message = str(error["msg"])
+    return [f"{_format_loc(loc)}: {message}"]
+
+
+def _model_at(loc: Loc) -> str:
+    """Which model sits at ``loc``: ``policy``, ``rule``, ``requirement`` or ``""``."""
+    if loc == ():
+        return "policy"
+    if len(loc) == 2 and loc[0] == "rules":
+        return "rule"
+    if len(loc) == 5 and loc[0] == "rules" and loc[2] == "levels":
+        return "requirement"
+    return ""
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _format_loc(loc: Loc) -> str:
+    """``("rules", 0, "levels", 1, 0, "count")`` -> ``rules[0].levels[1][0].count``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "(top level)"
