@@ -258,7 +258,7 @@ def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
 
 def test_empty_file_is_refused(tmp_path: Path) -> None:
     """An empty policy file is refused rather than read as an allow-everything policy."""
-    with pytest.raises(PolicyError, match="empty"):
+    with pytest.raises(PolicyError, match="the policy file is empty"):
         load_policy(write(tmp_path, "p.yaml", "# nothing yet\n"))
 
 

@@ -378,7 +378,11 @@ class ApprovalClient(MlflowClient):
     def _not_found(
         self, exc: MlflowException, name: str, version: str | None, alias: str | None = None
     ) -> Exception:
-        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        # A missing alias is INVALID_PARAMETER_VALUE ("alias ... not found") on some stores.
+        missing = exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or (
+            alias is not None and "not found" in exc.message.lower()
+        )
+        if not missing:
             return exc
         if alias is not None:
             what = f"alias '{alias}' of registered model '{name}'"

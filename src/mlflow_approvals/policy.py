@@ -59,7 +59,6 @@ from pydantic import (
     model_validator,
 )
 
-from mlflow_approvals.errors import PolicyError
 
 __all__ = [
     "ENV_VAR",
@@ -230,6 +229,14 @@ class Rule(BaseModel):
         return hit and any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
+class PolicyInvalid(ValueError):
+    """A policy that cannot be loaded; the message names the file, the field and the problem.
+
+    Raised by :func:`parse_policy` (pure, no MLflow import); :func:`load_policy` turns it into
+    :class:`~mlflow_approvals.errors.PolicyError`.
+    """
+
+
 class _Problems(ValueError):
     """Several problems found at once, each with its own field path."""
 
@@ -300,20 +307,21 @@ def describe_rule(rule: Rule) -> list[str]:
     ]
 
 
-def load_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) -> Policy:
+def parse_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) -> Policy:
     """Load a policy from a ``.yaml``/``.yml``/``.json`` file path, a mapping, or a Policy.
 
     A :class:`Policy` is returned as is. A mapping is validated as an inline policy. A path
     ending in ``.json`` is read as JSON; any other path is read as YAML. Raises
-    :class:`~mlflow_approvals.errors.PolicyError` for a missing or unreadable file, a syntax
-    error (with its line), and every invalid field (all listed, one per line).
+    :class:`PolicyInvalid` for a missing or unreadable file, a syntax error (with its line), and
+    every invalid field (all listed, one per line). It imports nothing from MLflow, so the
+    command line can check a policy at once; :func:`load_policy` raises ``PolicyError`` instead.
     """
     if isinstance(source, Policy):
         return source
     if isinstance(source, Mapping):
         return _validate(dict(source), INLINE_SOURCE)
     if isinstance(source, str) and "\n" in source:
-        raise PolicyError(
+        raise PolicyInvalid(
             "load_policy takes the path of a policy file, not the policy text: write the text "
             "to a .yaml file and pass its path, or pass the parsed mapping"
         )
@@ -322,6 +330,19 @@ def load_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) -> 
     policy = _validate(data, path)
     policy._source = path
     return policy
+
+
+def load_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) -> Policy:
+    """As :func:`parse_policy`, raising :class:`~mlflow_approvals.errors.PolicyError`.
+
+    ``PolicyError`` is an ``MlflowException`` (HTTP 400), like every error of this package.
+    """
+    try:
+        return parse_policy(source)
+    except PolicyInvalid as exc:
+        from mlflow_approvals.errors import PolicyError
+
+        raise PolicyError(str(exc)) from None
 
 
 def policy_from_env(environ: Mapping[str, str] | None = None) -> Policy | None:
@@ -487,25 +508,25 @@ def _read(path: str) -> Any:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError:
-        raise PolicyError(
+        raise PolicyInvalid(
             f"policy file not found: {path}. Point {ENV_VAR} (or policy=) at an existing "
             ".yaml, .yml or .json policy file"
         ) from None
     except IsADirectoryError:
-        raise PolicyError(
+        raise PolicyInvalid(
             f"policy path is a directory: {path}. Point {ENV_VAR} (or policy=) at a .yaml, "
             ".yml or .json policy file"
         ) from None
     except UnicodeDecodeError as exc:
-        raise PolicyError(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+        raise PolicyInvalid(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
     except OSError as exc:
-        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+        raise PolicyInvalid(f"cannot read policy file {path}: {exc.strerror or exc}") from None
 
     if path.lower().endswith(".json"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise PolicyError(
+            raise PolicyInvalid(
                 f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
                 "Fix the JSON and load the policy again"
             ) from None
@@ -516,15 +537,15 @@ def _read(path: str) -> Any:
             mark = exc.problem_mark or exc.context_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = exc.problem or exc.context or "invalid YAML"
-            raise PolicyError(
+            raise PolicyInvalid(
                 f"{path}: YAML syntax error{where}: {problem}. Fix the YAML and load the "
                 "policy again"
             ) from None
         except yaml.YAMLError as exc:
-            raise PolicyError(f"{path}: YAML error: {exc}. Fix the YAML") from None
+            raise PolicyInvalid(f"{path}: YAML error: {exc}. Fix the YAML") from None
 
     if data is None:
-        raise PolicyError(
+        raise PolicyInvalid(
             f"{path}: the policy file is empty. Write at least `rules:` (see "
             "docs/policy.md); an empty file is refused so a gate is never opened by accident"
         )
@@ -534,7 +555,7 @@ def _read(path: str) -> Any:
 def _validate(data: Any, where: str) -> Policy:
     """Validate parsed policy data, turning a ValidationError into one PolicyError."""
     if not isinstance(data, Mapping):
-        raise PolicyError(
+        raise PolicyInvalid(
             f"{where}: the top level must be a mapping with the keys roles, admins, rules, "
             f"default; found {type(data).__name__}"
         )
@@ -551,7 +572,7 @@ def _validate(data: Any, where: str) -> Policy:
         ]
         count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
         body = "\n".join(f"  {line}" for line in problems)
-        raise PolicyError(
+        raise PolicyInvalid(
             f"invalid approval policy in {where} ({count}):\n{body}\n"
             "Fix each field listed above and load the policy again (docs/policy.md describes "
             "every field)."

@@ -1,0 +1,977 @@
+"""Verifying, exporting and reconciling the audit log of a registered model.
+
+The audit log (see :mod:`mlflow_approvals.audit` and docs/audit.md) is a hash DAG: each event
+names, in ``data.parents``, the hashes of the events anchored on its model version that its
+writer saw, and every fact tag of a model version holds the hash of the event that backs it
+(the anchors). Verifying compares the two stores:
+
+* each file parses, is canonical JSON (RFC 8785), its content hashes to the hash in its name,
+  and it sits where its content says (``events/v<version>/<time>-<sha256>.json``);
+* every anchored hash, and every parent an event names, exists in the log ("missing" catches
+  a deleted event, the newest included; "broken link" marks the event whose parent is gone);
+* every event that changes something is anchored: its hash is in a fact tag, or it is an
+  ancestor (through ``parents``) of an anchored event ("not anchored" catches an inserted
+  event, and also an event whose change was never recorded);
+* refused attempts and the records of ``reconcile`` change no tag, so nothing anchors them:
+  they are valid but marked ``(unanchored)``; two files carrying the same CloudEvents id are
+  two deliveries of one event, counted once.
+
+:func:`verify_events` is the pure core (bytes and hashes in, a report out); :func:`verify_model`,
+:func:`export_model` and :func:`reconcile_model` read the registry and the log through an
+``ApprovalClient``. Verifying and exporting write nothing to MLflow; reconciling writes only
+audit events (``change.detected``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from mlflow_approvals import tags as T
+from mlflow_approvals.audit import (
+    TYPE_PREFIX,
+    canonical,
+    deterministic_id,
+    event_path,
+    make_event,
+    parse_event,
+)
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow_approvals.client import ApprovalClient
+    from mlflow_approvals.lifecycle import ApprovalRequest
+
+__all__ = [
+    "Change",
+    "ReconcileReport",
+    "ReportLine",
+    "VerifyReport",
+    "collect_anchors",
+    "export_events",
+    "export_model",
+    "format_history",
+    "reconcile_model",
+    "verify_events",
+    "verify_model",
+]
+
+Status = Literal["VALID", "INVALID"]
+VALID: Status = "VALID"
+INVALID: Status = "INVALID"
+
+# The problems verify reports, most severe first (a line shows the first that applies).
+PROBLEMS = (
+    "unreadable",
+    "hash mismatch",
+    "not canonical",
+    "misplaced",
+    "missing",
+    "broken link",
+    "not anchored",
+)
+# Event types that change no tag, so nothing can anchor them.
+UNANCHORED_TYPES = frozenset({"attempt.denied", "change.detected"})
+_PLURALS = {"broken link": "broken links", "hash mismatch": "hash mismatches"}
+SYSTEM_ACTOR = "mlflow-approvals"
+SYSTEM_DISPLAY_NAME = "mlflow-approvals (system)"
+EXPORT_FORMATS = ("jsonl", "cloudevents")
+
+_NAME = re.compile(r"^(?P<stamp>[0-9]{8}T[0-9]+Z)-(?P<hash>[0-9a-f]{64})\.json$")
+_VERSION_FOLDER = re.compile(r"^events/v(?P<version>[^/]+)/")
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------------------- reports ----
+@dataclass(frozen=True)
+class ReportLine:
+    """The verdict on one event file (or on one event that should exist and does not)."""
+
+    status: Status
+    path: str | None  # None for a missing event
+    hash: str  # the content hash (for a missing event: the hash that is named but absent)
+    type: str | None  # the event type without the ``org.mlflow-approvals.`` prefix
+    version: str | None  # the model version the event is about (None: the model as a whole)
+    problem: str | None = None  # one of PROBLEMS when INVALID
+    reason: str = ""  # why INVALID, or a note on a valid event ("(unanchored)", duplicates)
+    duplicate_of: str | None = None  # a second delivery of the event with this hash
+
+    def __str__(self) -> str:
+        where = self.path if self.path is not None else f"(missing) {self.hash}"
+        text = f"{self.status:<8}{where}  {self.type or '?'}"
+        return f"{text}  {self.reason}" if self.reason else text
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view with a stable shape."""
+        return {
+            "status": self.status,
+            "path": self.path,
+            "hash": self.hash,
+            "type": self.type,
+            "version": self.version,
+            "problem": self.problem,
+            "reason": self.reason,
+            "duplicate_of": self.duplicate_of,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify_audit`` found: one line per event file or missing event, and a summary.
+
+    ``ok`` is true when every line is VALID. Duplicate deliveries of one event are valid and
+    counted once. ``notes`` say what this run could not check (unanchored events).
+    """
+
+    name: str | None
+    version: str | None
+    events: tuple[ReportLine, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(line.status == VALID for line in self.events)
+
+    @property
+    def total(self) -> int:
+        """Distinct events: files and missing events, each duplicate delivery counted once."""
+        return sum(1 for line in self.events if line.duplicate_of is None)
+
+    @property
+    def valid(self) -> int:
+        return sum(1 for line in self.events if line.status == VALID and line.duplicate_of is None)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many lines show each problem, in PROBLEMS order (problems found only)."""
+        found = Counter(line.problem for line in self.events if line.problem)
+        return {p: found[p] for p in PROBLEMS if found[p]}
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for line in self.events if line.duplicate_of is not None)
+
+    @property
+    def summary(self) -> str:
+        """E.g. ``41/41 events valid``, or ``40/42 events valid; 1 missing, 1 broken link``."""
+        text = f"{self.valid}/{self.total} events valid"
+        problems = [f"{n} {p if n == 1 else _PLURALS.get(p, p)}" for p, n in self.counts.items()]
+        if problems:
+            text += "; " + ", ".join(problems)
+        if self.duplicates:
+            many = "deliveries" if self.duplicates > 1 else "delivery"
+            text += f" ({self.duplicates} duplicate {many} counted once)"
+        return text
+
+    @property
+    def lines(self) -> list[str]:
+        """One human-readable line per event, like ``aws cloudtrail validate-logs``."""
+        return [str(line) for line in self.events]
+
+    def __str__(self) -> str:
+        return "\n".join([*self.lines, self.summary, *self.notes])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view with a stable shape (the CLI's ``--json`` output)."""
+        return {
+            "ok": self.ok,
+            "name": self.name,
+            "version": self.version,
+            "summary": self.summary,
+            "total": self.total,
+            "valid": self.valid,
+            "duplicates": self.duplicates,
+            "problems": self.counts,
+            "events": [line.to_dict() for line in self.events],
+            "notes": list(self.notes),
+        }
+
+
+def _version_order(version: str | None) -> tuple[int, int, str]:
+    if version is None:
+        return (0, 0, "")
+    return (1, int(version), "") if version.isdigit() else (2, 0, version)
+
+
+# ---------------------------------------------------------------------------- the core ---
+@dataclass
+class _Entry:
+    path: str
+    digest: str  # sha256 of the bytes as stored
+    name_hash: str | None  # the hash the file name claims
+    event: dict[str, Any] | None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    note: str = ""
+    duplicate_of: str | None = None
+    anchored: bool = False
+
+    @property
+    def type(self) -> str | None:
+        if self.event is None:
+            return None
+        kind = self.event.get("type")
+        if not isinstance(kind, str):
+            return None
+        return kind[len(TYPE_PREFIX) :] if kind.startswith(TYPE_PREFIX) else kind
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = (self.event or {}).get("data")
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def parents(self) -> list[str]:
+        parents = self.data.get("parents")
+        return [p for p in parents if isinstance(p, str)] if isinstance(parents, list) else []
+
+    @property
+    def version(self) -> str | None:
+        model = self.data.get("model")
+        if isinstance(model, dict) and model.get("version") is not None:
+            return str(model["version"])
+        m = _VERSION_FOLDER.match(self.path)
+        return m.group("version") if m else None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The CloudEvents identity of the event: (source, id)."""
+        event = self.event or {}
+        return (str(event.get("source")), str(event.get("id")))
+
+    @property
+    def intact(self) -> bool:
+        return self.event is not None and not self.problems
+
+
+def _shape_problem(event: dict[str, Any]) -> str | None:
+    """Why a parsed JSON object is not an audit event, or None."""
+    for attr in ("specversion", "id", "source", "type", "time", "subject"):
+        if not isinstance(event.get(attr), str):
+            return f"not an audit event: CloudEvents attribute {attr!r} missing"
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return "not an audit event: no data object"
+    parents = data.get("parents")
+    if not isinstance(parents, list) or not all(
+        isinstance(p, str) and _HASH.match(p) for p in parents
+    ):
+        return "not an audit event: data.parents is not a list of SHA-256 hashes"
+    model = data.get("model")
+    if not isinstance(model, dict) or "version" not in model:
+        return "not an audit event: data.model missing"
+    return None
+
+
+def _inspect(path: str, raw: bytes) -> _Entry:
+    """Parse one file and check it on its own: readable, canonical, named by its hash."""
+    digest = hashlib.sha256(raw).hexdigest()
+    m = _NAME.match(path.rsplit("/", 1)[-1])
+    entry = _Entry(path, digest, m.group("hash") if m else None, None)
+    try:
+        event = parse_event(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        entry.problems.append(("unreadable", f"unreadable: {exc}"))
+        return entry
+    shape = _shape_problem(event)
+    if shape:
+        entry.problems.append(("unreadable", shape))
+        return entry
+    entry.event = event
+    if entry.name_hash is None:
+        entry.problems.append(("misplaced", "misplaced: the file name carries no event hash"))
+    elif entry.name_hash != digest:
+        entry.problems.append(
+            (
+                "hash mismatch",
+                f"hash mismatch: the name says {entry.name_hash[:12]}, "
+                f"the content hashes to {digest[:12]}",
+            )
+        )
+    try:
+        is_canonical = canonical(event) == raw
+    except Exception:  # numbers or strings RFC 8785 refuses
+        is_canonical = False
+    if not is_canonical:
+        entry.problems.append(("not canonical", "not canonical: not RFC 8785 JSON as written"))
+    if not entry.problems:
+        try:
+            expected = event_path(event, digest)
+        except (KeyError, TypeError, AttributeError):
+            expected = None
+        if expected != path:
+            entry.problems.append(
+                ("misplaced", f"misplaced: its content belongs at {expected or '?'}")
+            )
+    return entry
+
+
+def _same_event(a: _Entry, b: _Entry) -> bool:
+    """Two deliveries of one event: same CloudEvents identity, and the same effect."""
+    if a.key != b.key or a.event is None or b.event is None:
+        return False
+    return all(a.event.get(k) == b.event.get(k) for k in ("type", "subject")) and all(
+        a.data.get(k) == b.data.get(k) for k in ("request_id", "after")
+    )
+
+
+def _line(entry: _Entry) -> ReportLine:
+    """The report line of one file: its most severe problem first, every reason listed."""
+    problems = sorted(entry.problems, key=lambda p: PROBLEMS.index(p[0]))
+    return ReportLine(
+        status=INVALID if problems else VALID,
+        path=entry.path,
+        hash=entry.digest,
+        type=entry.type,
+        version=entry.version,
+        problem=problems[0][0] if problems else None,
+        reason="; ".join(r for _, r in problems) if problems else entry.note,
+        duplicate_of=entry.duplicate_of,
+    )
+
+
+def verify_events(
+    files: Sequence[tuple[str, bytes]],
+    anchors: Mapping[str, Collection[str]],
+    *,
+    name: str | None = None,
+    version: str | None = None,
+) -> VerifyReport:
+    """Verify an audit log: ``files`` are (artifact path, bytes) pairs, ``anchors`` map each
+    hash held in a fact tag to where it is held (for example ``v3:mlflow_approvals.r.<rid>``).
+
+    With ``version``, the whole log is still checked (links cross versions: an archived
+    version's event is anchored through the promoted version's), but only the lines of that
+    version are reported. Pure: no I/O.
+    """
+    entries = [_inspect(path, raw) for path, raw in files]
+    by_content: dict[str, list[_Entry]] = {}
+    named: set[str] = set()
+    for entry in entries:
+        if entry.event is not None:
+            by_content.setdefault(entry.digest, []).append(entry)
+        if entry.name_hash:
+            named.add(entry.name_hash)
+    present = set(by_content) | named
+
+    # Anchored: the hashes in fact tags and, through parents, everything they descend from.
+    # Parents are followed only from content that really hashes to the hash being visited.
+    reached: set[str] = set()
+    stack = [h for h in anchors if h in present]
+    while stack:
+        h = stack.pop()
+        if h in reached:
+            continue
+        reached.add(h)
+        for entry in by_content.get(h, ()):
+            stack += [p for p in entry.parents if p not in reached and p in present]
+    for h in reached:
+        for entry in by_content.get(h, ()):
+            entry.anchored = True
+
+    anchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
+    for entry in entries:
+        if entry.anchored and entry.intact:
+            anchored_by_key.setdefault(entry.key, []).append(entry)
+
+    # Events nothing anchors: duplicate deliveries, refused attempts, reconcile records.
+    duplicates: list[_Entry] = []
+    for entry in entries:
+        if entry.anchored or entry.event is None:
+            continue
+        twin = next((e for e in anchored_by_key.get(entry.key, ()) if _same_event(entry, e)), None)
+        if twin is not None:
+            entry.duplicate_of = twin.digest
+            entry.note = f"(duplicate delivery of {twin.digest[:12]}, counted once)"
+            duplicates.append(entry)
+        elif entry.type in UNANCHORED_TYPES:
+            entry.note = "(unanchored: it changes no tag)"
+    # A duplicate apply event anchors the archive events its own writer wrote for the request
+    # (two appliers may see different versions to archive).
+    for dup in duplicates:
+        if not dup.intact:
+            continue
+        for parent in dup.parents:
+            for entry in by_content.get(parent, ()):
+                if (
+                    not entry.anchored
+                    and entry.type == "version.archived"
+                    and entry.data.get("request_id") == dup.data.get("request_id")
+                ):
+                    entry.anchored = True
+                    entry.note = f"(anchored through the duplicate delivery {dup.digest[:12]})"
+    for entry in entries:
+        if entry.event is None or entry.anchored or entry.duplicate_of or entry.note:
+            continue
+        entry.problems.append(
+            (
+                "not anchored",
+                "not anchored: no fact tag leads to it (written but its change was never "
+                "recorded: a crash or a failed write; or inserted)",
+            )
+        )
+    for entry in entries:
+        gone = [p for p in entry.parents if p not in present]
+        if gone:
+            entry.problems.append(
+                ("broken link", f"broken link: parent {', '.join(p[:12] for p in gone)} missing")
+            )
+
+    lines = [_line(entry) for entry in entries]
+
+    # Missing: anchored hashes and parents that no file holds (by content or by name).
+    named_by: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        for p in entry.parents:
+            if p not in present:
+                named_by.setdefault(p, []).append(entry)
+    missing = sorted({h for h in anchors if h not in present} | set(named_by))
+    for h in missing:
+        where = sorted(anchors.get(h, ()))
+        children = named_by.get(h, [])
+        reasons = []
+        if where:
+            reasons.append("anchored by " + ", ".join(where))
+        if children:
+            reasons.append(f"named as parent by {len(children)} event(s)")
+        versions = [w.split(":", 1)[0].removeprefix("v") for w in where]
+        versions += [c.version for c in children if c.version is not None]
+        lines.append(
+            ReportLine(
+                status=INVALID,
+                path=None,
+                hash=h,
+                type=None,
+                version=versions[0] if versions else None,
+                problem="missing",
+                reason="missing: " + "; ".join(reasons),
+            )
+        )
+
+    if version is not None:
+        lines = [line for line in lines if line.version == version]
+    unanchored = Counter(
+        line.type for line in lines if line.status == VALID and "(unanchored" in line.reason
+    )
+    notes = []
+    if unanchored:
+        what = ", ".join(f"{n} {t}" for t, n in sorted(unanchored.items()))
+        notes.append(
+            f"note: {what} event(s) change no tag, so nothing anchors them: deleting one of "
+            "them cannot be detected here (see docs/audit.md, 'What verify cannot catch')"
+        )
+    lines.sort(
+        key=lambda line: (
+            line.path is None,
+            _version_order(line.version),
+            line.path or "",
+            line.hash,
+        )
+    )
+    return VerifyReport(name, version, tuple(lines), tuple(notes))
+
+
+# ---------------------------------------------------------------------------- registry ---
+def _versions(client: ApprovalClient, name: str) -> list[ModelVersion]:
+    """Every version of model ``name``, with tags, stage and aliases (paged search)."""
+    registry = client._get_registry_client()  # type: ignore[no-untyped-call]
+    quoted = name.replace("'", "\\'")
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = registry.search_model_versions(
+            f"name = '{quoted}'", max_results=1000, order_by=None, page_token=token
+        )
+        found += list(page)
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda mv: int(mv.version))
+
+
+def collect_anchors(name: str, versions: Iterable[ModelVersion]) -> dict[str, set[str]]:
+    """The anchor hashes held in the fact tags of ``versions``: hash -> {"v<version>:<key>"}.
+
+    Only facts of requests filed on that very version count (``copy_model_version`` copies
+    tags, and a copied fact anchors nothing of this model).
+    """
+    anchors: dict[str, set[str]] = {}
+
+    def add(h: str | None, version: str, key: str) -> None:
+        if h:
+            anchors.setdefault(h, set()).add(f"v{version}:{key}")
+
+    for mv in versions:
+        v = str(mv.version)
+        facts = T.VersionFacts(name, v, mv.tags or {})
+        for rid, record in facts.requests.items():
+            add(record.event, v, T.request_key(rid))
+            for s in facts.signoffs.get(rid, ()):
+                add(s.event, v, T.signoff_key(rid, s.actor))
+            for key, ending in (
+                (T.cancel_key(rid), facts.cancelled.get(rid)),
+                (T.applied_key(rid), facts.applied.get(rid)),
+                (T.expired_key(rid), facts.expired.get(rid)),
+            ):
+                add(ending.event if ending else None, v, key)
+    return anchors
+
+
+def _read_log(
+    client: ApprovalClient, name: str
+) -> tuple[list[tuple[str, bytes]], dict[str, set[str]], list[ModelVersion]]:
+    """The log's files, the anchors, and the versions, read so that live writers do not show
+    up as tampering.
+
+    Every step writes its event before its fact, so the tags are read first: each anchor seen
+    then already has its event in the log read next. The tags are read again afterwards, and
+    the new anchors whose events were downloaded are added, so steps that finished meanwhile
+    are not reported as unanchored.
+    """
+    versions = _versions(client, name)
+    anchors = collect_anchors(name, versions)
+    with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
+        files = client.audit.read(name, tmp)
+    present = {hashlib.sha256(raw).hexdigest() for _, raw in files}
+    later = _versions(client, name)
+    for h, where in collect_anchors(name, later).items():
+        if h in present or h in anchors:
+            anchors.setdefault(h, set()).update(where)
+    return files, anchors, later
+
+
+def verify_model(client: ApprovalClient, name: str, version: str | None = None) -> VerifyReport:
+    """Verify the audit log of model ``name`` (reporting one version's lines when given).
+
+    Reads the model's versions (their fact tags) and downloads the log to a temporary folder;
+    writes nothing to MLflow.
+    """
+    files, anchors, _ = _read_log(client, name)
+    return verify_events(files, anchors, name=name, version=version)
+
+
+# ---------------------------------------------------------------------------- export -----
+def _time_key(event: Mapping[str, Any]) -> tuple[float, str, str]:
+    """Order by (time, id); an unparsable time sorts last."""
+    text = str(event.get("time", ""))
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        when = float("inf")
+    return (when, str(event.get("id", "")), text)
+
+
+def _ordered(
+    files: Sequence[tuple[str, bytes]], anchors: Mapping[str, Collection[str]]
+) -> list[tuple[dict[str, Any], ReportLine]]:
+    """Every event that parses, one per CloudEvents (source, id), ordered by (time, id).
+
+    Of two deliveries of one event, the anchored one (else a valid one) is kept.
+    """
+    report = verify_events(files, anchors)
+    line_of = {(line.path, line.hash): line for line in report.events if line.path}
+    best: dict[tuple[str, str], tuple[tuple[int, int, str], dict[str, Any], ReportLine]] = {}
+    for path, raw in files:
+        try:
+            event = parse_event(raw)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        line = line_of.get((path, hashlib.sha256(raw).hexdigest()))
+        if line is None or line.problem == "unreadable":
+            continue
+        rank = (
+            0 if line.status == VALID and line.duplicate_of is None else 1,
+            0 if line.status == VALID else 1,
+            line.hash,
+        )
+        key = (str(event.get("source")), str(event.get("id")))
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, event, line)
+    chosen = [(event, line) for _, event, line in best.values()]
+    return sorted(chosen, key=lambda pair: _time_key(pair[0]))
+
+
+def flatten(event: Mapping[str, Any], line: ReportLine | None = None) -> dict[str, Any]:
+    """One flat audit record (the ``jsonl`` export format) from a stored event."""
+    data = dict(event.get("data") or {})
+    actor = data.pop("actor", None) or {}
+    policy = data.pop("policy", None) or {}
+    model = data.pop("model", None) or {}
+    kind = str(event.get("type", ""))
+    record: dict[str, Any] = {
+        "time": event.get("time"),
+        "id": event.get("id"),
+        "type": kind[len(TYPE_PREFIX) :] if kind.startswith(TYPE_PREFIX) else kind,
+        "subject": event.get("subject"),
+        "model": model.get("name"),
+        "version": model.get("version"),
+        "actor": actor.get("id"),
+        "display_name": actor.get("display_name"),
+        "meaning": data.pop("meaning", None),
+        "comment": data.pop("comment", None),
+        "before": data.pop("before", None),
+        "after": data.pop("after", None),
+        "request_id": data.pop("request_id", None),
+        "policy_hash": policy.get("hash"),
+        "rule": policy.get("rule"),
+        "run_id": model.get("run_id"),
+        "source": model.get("source"),
+        "parents": data.pop("parents", []),
+        "details": data,  # the rest: role, level, target, attempted, ...
+        "hash": None if line is None else line.hash,
+        "verified": None if line is None else line.status == VALID,
+    }
+    return record
+
+
+def export_events(
+    files: Sequence[tuple[str, bytes]],
+    anchors: Mapping[str, Collection[str]],
+    out: IO[str],
+    format: str = "jsonl",
+) -> int:
+    """Write the trail to ``out``, ordered, one event per line; return how many were written."""
+    _check_format(format)
+    count = 0
+    for event, line in _ordered(files, anchors):
+        if format == "cloudevents":
+            out.write(canonical(event).decode() + "\n")
+        else:
+            out.write(json.dumps(flatten(event, line), sort_keys=True, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def export_model(
+    client: ApprovalClient, name: str, path: str | os.PathLike[str], format: str = "jsonl"
+) -> int:
+    """Write the whole audit trail of ``name`` to ``path`` (JSON Lines); return the count."""
+    _check_format(format)
+    files, anchors, _ = _read_log(client, name)
+    target = Path(path)
+    tmp = target.with_name(target.name + ".partial")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+        count = export_events(files, anchors, out, format)
+    os.replace(tmp, target)
+    return count
+
+
+def _check_format(format: str) -> None:
+    if format not in EXPORT_FORMATS:
+        from mlflow_approvals.errors import InvalidRequest
+
+        raise InvalidRequest(
+            f"unknown export format {format!r}: use {' or '.join(map(repr, EXPORT_FORMATS))}"
+        )
+
+
+# ---------------------------------------------------------------------------- reconcile --
+@dataclass(frozen=True)
+class Change:
+    """A difference between what the audit log says and what the registry holds."""
+
+    what: Literal["stage", "alias", "tag"]
+    version: str | None
+    key: str | None  # the alias or the tag key; None for a stage
+    expected: Any
+    actual: Any
+    event: str | None = None  # hash of the change.detected event that records it
+
+    def __str__(self) -> str:
+        if self.what == "tag":
+            return f"v{self.version} tag {self.key}: {self.actual}"
+        head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
+        return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "version": self.version,
+            "key": self.key,
+            "expected": self.expected,
+            "actual": self.actual,
+            "event": self.event,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """Every change of a model's stages, aliases or reserved tags that bypassed the gate.
+
+    Each change was recorded as a ``change.detected`` audit event, so the next reconcile does
+    not report it again. ``log_ok`` is false when the log itself did not verify (only its
+    valid events were replayed).
+    """
+
+    name: str
+    changes: tuple[Change, ...]
+    versions_checked: int
+    events_replayed: int
+    log_ok: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.changes
+
+    @property
+    def summary(self) -> str:
+        n = len(self.changes)
+        text = (
+            f"{n} {'change' if n == 1 else 'changes'} outside the approval gate "
+            f"({self.versions_checked} versions checked against {self.events_replayed} events)"
+        )
+        if not self.log_ok:
+            text += "; the audit log does not verify: run verify_audit"
+        return text
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"CHANGED  {c}" for c in self.changes]
+
+    def __str__(self) -> str:
+        return "\n".join([*self.lines, self.summary])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "name": self.name,
+            "summary": self.summary,
+            "log_ok": self.log_ok,
+            "versions_checked": self.versions_checked,
+            "events_replayed": self.events_replayed,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+@dataclass
+class _Expected:
+    """The registry state the log accounts for, and the event each part rests on."""
+
+    stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
+    aliases: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # alias -> (v, basis)
+    tags: set[tuple[str, str, str]] = field(default_factory=set)  # (version, key, value sha256)
+
+
+def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
+    """Replay (hash, event) pairs, oldest first, into the registry state they account for."""
+    state = _Expected()
+    for digest, event in events:
+        kind = str(event.get("type", "")).removeprefix(TYPE_PREFIX)
+        data = event.get("data") or {}
+        after = data.get("after")
+        if not isinstance(after, dict):
+            continue
+        version = data.get("model", {}).get("version")
+        if kind in ("stage.transitioned", "version.archived") or (
+            kind == "change.detected" and "stage" in after
+        ):
+            v = str(after.get("version") or version)
+            state.stages[v] = (str(after.get("stage")), digest)
+        elif kind in ("alias.set", "alias.deleted") or (
+            kind == "change.detected" and "alias" in after
+        ):
+            target = after.get("version")
+            state.aliases[str(after.get("alias"))] = (
+                None if target is None else str(target),
+                digest,
+            )
+        elif kind == "change.detected" and "tag" in after:
+            state.tags.add((str(version), str(after["tag"]), str(after.get("sha256"))))
+    return state
+
+
+def _tag_digest(mv: ModelVersion, key: str) -> str:
+    return hashlib.sha256((mv.tags or {}).get(key, "").encode()).hexdigest()
+
+
+def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
+    """Reserved tags that no mlflow-approvals writer would have written: (key, reason)."""
+    v = str(mv.version)
+    tags = mv.tags or {}
+    facts = T.VersionFacts(name, v, tags)
+    known: dict[str, str | None] = {T.INDEX_KEY: "index"}
+    for rid, record in facts.requests.items():
+        known[T.request_key(rid)] = record.event
+        for s in facts.signoffs.get(rid, ()):
+            known[T.signoff_key(rid, s.actor)] = s.event
+        for key, ending in (
+            (T.cancel_key(rid), facts.cancelled.get(rid)),
+            (T.applied_key(rid), facts.applied.get(rid)),
+            (T.expired_key(rid), facts.expired.get(rid)),
+        ):
+            if ending is not None:
+                known[key] = ending.event
+    odd = []
+    for key in sorted(tags):
+        if not T.is_reserved(key):
+            continue
+        if key not in known:
+            odd.append((key, "a reserved tag no mlflow-approvals step writes"))
+        elif known[key] is None:
+            odd.append((key, "a fact without an audit event"))
+    return odd
+
+
+def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
+    """Compare the audit log of ``name`` with the live registry; record and report every change
+    that did not come through an approval.
+
+    The log is replayed (valid events only, one per CloudEvents id, in time order): the stage
+    of each version (``stage.transitioned``, ``version.archived``, ``change.detected``), the
+    version each alias points at (``alias.set``, ``alias.deleted``, ``change.detected``). A
+    version the log never mentions is expected in stage ``None`` with no alias. Each difference
+    is written as a ``change.detected`` event (before: what the log says; after: what the
+    registry has), which becomes the expected state, so it is reported once.
+    """
+    files, anchors, versions = _read_log(client, name)
+    report = verify_events(files, anchors)
+    valid = {(line.path, line.hash) for line in report.events if line.status == VALID}
+    kept: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    heads: set[str] = set()
+    named: set[str] = set()
+    for path, raw in files:
+        digest = hashlib.sha256(raw).hexdigest()
+        if (path, digest) not in valid:
+            continue
+        event = parse_event(raw)
+        kept.setdefault((str(event["source"]), str(event["id"])), (digest, event))
+        named.update(event["data"].get("parents", []))
+        if str(event["type"]).endswith(".change.detected"):
+            heads.add(digest)
+    ordered = sorted(kept.values(), key=lambda pair: _time_key(pair[1]))
+    state = replay(ordered)
+    heads -= named
+
+    by_version = {str(mv.version): mv for mv in versions}
+    live_aliases = {
+        str(a): str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()
+    }
+    found: list[tuple[Change, ModelVersion | None, str]] = []
+    for v, mv in by_version.items():
+        expected, basis = state.stages.get(v, ("None", "initial"))
+        if mv.current_stage != expected:
+            found.append((Change("stage", v, None, expected, mv.current_stage), mv, basis))
+    for alias in sorted(set(state.aliases) | set(live_aliases)):
+        expected_v, basis = state.aliases.get(alias, (None, "initial"))
+        actual_v = live_aliases.get(alias)
+        if expected_v != actual_v:
+            held = actual_v or expected_v
+            found.append(
+                (
+                    Change("alias", held, alias, expected_v, actual_v),
+                    by_version.get(str(held)),
+                    basis,
+                )
+            )
+    for v, mv in by_version.items():
+        for key, why in _odd_tags(name, mv):
+            if (v, key, _tag_digest(mv, key)) not in state.tags:
+                found.append((Change("tag", v, key, None, why), mv, "initial"))
+
+    recorded: list[Change] = []
+    for change, held_by, basis in found:
+        digest = _record(client, name, change, held_by, basis, anchors, heads)
+        heads = {digest}
+        recorded.append(Change(**{**change.__dict__, "event": digest}))
+    return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
+
+
+def _record(
+    client: ApprovalClient,
+    name: str,
+    change: Change,
+    mv: ModelVersion | None,
+    basis: str,
+    anchors: Mapping[str, Collection[str]],
+    heads: set[str],
+) -> str:
+    """Write one change.detected event; return its hash."""
+    if change.what == "stage":
+        before: dict[str, Any] = {"stage": change.expected, "version": change.version}
+        after: dict[str, Any] = {"stage": change.actual, "version": change.version}
+        comment = (
+            f"v{change.version} moved from {change.expected} to {change.actual} without an approval"
+        )
+    elif change.what == "alias":
+        before = {"alias": change.key, "version": change.expected}
+        after = {"alias": change.key, "version": change.actual}
+        comment = (
+            f"alias @{change.key} moved from {change.expected or '(unset)'} to "
+            f"{change.actual or '(unset)'} without an approval"
+        )
+    else:
+        value = ((mv.tags or {}) if mv is not None else {}).get(str(change.key), "")
+        before = {"tag": change.key, "value": None}
+        after = {
+            "tag": change.key,
+            "sha256": hashlib.sha256(value.encode()).hexdigest(),
+            "value": value[:1000],
+        }
+        comment = f"reserved tag {change.key} on v{change.version}: {change.actual}"
+    own = [
+        h for h, where in anchors.items() if any(w.startswith(f"v{change.version}:") for w in where)
+    ]
+    event = make_event(
+        type="change.detected",
+        name=name,
+        version=change.version,
+        actor=SYSTEM_ACTOR,
+        display_name=SYSTEM_DISPLAY_NAME,
+        comment=comment,
+        before=before,
+        after=after,
+        policy_hash=client.policy.content_hash,
+        run_id=None if mv is None else mv.run_id,
+        source=None if mv is None else mv.source,
+        parents=[*own, *heads],
+        event_id=deterministic_id(
+            "change",
+            name,
+            change.what,
+            str(change.key or change.version),
+            json.dumps([change.expected, change.actual], sort_keys=True, default=str),
+            basis,
+        ),
+        extra={
+            "change": change.what,
+            "registry_last_updated": None if mv is None else mv.last_updated_timestamp,
+        },
+    )
+    return client.audit.append(event)
+
+
+# ---------------------------------------------------------------------------- history ----
+def format_history(request: ApprovalRequest) -> list[str]:
+    """The request's history in human-readable form (21 CFR Part 11 §11.50): for the filing
+    and each sign-off, the date and time (UTC), the printed name, and the meaning."""
+
+    def ts(t: datetime) -> str:
+        return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    rows = [
+        f"{ts(request.created_at)}  {request.requester}  request for {request.record.target}"
+        + (f': "{request.comment}"' if request.comment else "")
+    ]
+    for s in request.signoffs:
+        printed = s.display_name or s.actor
+        who = printed if printed == s.actor else f"{printed} ({s.actor})"
+        rows.append(f"{ts(s.time)}  {who}  {s.meaning}" + (f': "{s.comment}"' if s.comment else ""))
+    for label, ending in (
+        ("cancellation", request.cancelled),
+        ("expiry", request.expired),
+        ("application", request.applied),
+    ):
+        if ending is not None:
+            rows.append(
+                f"{ts(ending.time)}  {ending.actor}  {label}"
+                + (f': "{ending.comment}"' if ending.comment else "")
+            )
+    return rows
