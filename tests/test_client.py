@@ -190,7 +190,11 @@ def test_request_view_has_the_documented_attributes(as_, make_model):
     assert [(m.role, m.count) for m in request.missing] == [("ml-engineer", 1)]
     (signoff,) = request.signoffs
     assert (signoff.actor, signoff.role, signoff.decision, signoff.comment) == (
-        "bob", "data-scientist", "approve", "looks good")
+        "bob",
+        "data-scientist",
+        "approve",
+        "looks good",
+    )
     assert signoff.time.tzinfo is not None
     assert request.to_dict()["signoffs"][0]["meaning"] == "approval as data-scientist (level 1)"
 
@@ -505,9 +509,11 @@ def test_errors_share_one_root_with_4xx_codes():
 def test_bad_policy_is_refused_when_the_client_is_built(tmp_path, sqlite_uri):
     """A malformed policy file fails ApprovalClient() with PolicyError naming the file."""
     path = tmp_path / "bad.yaml"
-    path.write_text("roles: {a: [x]}\nrules:\n  - name: r\n    stages: [Production]\n"
-                    "    levels: [[{role: nobody, count: 1}]]\n")
-    with pytest.raises(PolicyError, match="bad.yaml"):
+    path.write_text(
+        "roles: {a: [x]}\nrules:\n  - name: r\n    stages: [Production]\n"
+        "    levels: [[{role: nobody, count: 1}]]\n"
+    )
+    with pytest.raises(PolicyError, match=r"bad\.yaml"):
         ApprovalClient(sqlite_uri, sqlite_uri, policy=str(path))
 
 

@@ -53,7 +53,26 @@ _LAZY = {
     "load_policy": "policy",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [
+    "ApprovalClient",
+    "ApprovalError",
+    "ApprovalPending",
+    "ApprovalRequest",
+    "AuditStore",
+    "AuditUnavailable",
+    "InvalidRequest",
+    "ModelVersionNotFound",
+    "NotAuthorized",
+    "Policy",
+    "PolicyError",
+    "RequestNotFound",
+    "Requirement",
+    "Rule",
+    "SignOff",
+    "Status",
+    "__version__",
+    "load_policy",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -121,20 +121,20 @@ class ApprovalClient(MlflowClient):
         self.audit: AuditStore = audit or AuditStore(self)
 
     # ------------------------------------------------------------------ MLflow overrides --
-    def transition_model_version_stage(  # type: ignore[override]
+    def transition_model_version_stage(
         self, name: str, version: str | int, stage: str, archive_existing_versions: bool = False
     ) -> ModelVersion:
         """Change a version's stage; on a gated target, file a request and raise ApprovalPending."""
         stage = _validate_stage(stage)
         if self._rule_for(name, "stage", stage) is None:
-            return super().transition_model_version_stage(
+            return super().transition_model_version_stage(  # type: ignore[no-any-return]
                 name, str(version), stage, archive_existing_versions
             )
         request = self.request_transition(name, version, stage, archive_existing_versions)
         raise self._pending(request)
 
     def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
-        """Point an alias at a version; on a gated target, file a request and raise ApprovalPending."""
+        """Point an alias at a version; if gated, file a request and raise ApprovalPending."""
         _validate_alias(alias)
         if self._rule_for(name, "alias", alias) is None:
             super().set_registered_model_alias(name, alias, str(version))
@@ -151,7 +151,7 @@ class ApprovalClient(MlflowClient):
         request = self.request_alias_deletion(name, alias)
         raise self._pending(request)
 
-    def set_model_version_tag(  # type: ignore[override]
+    def set_model_version_tag(
         self,
         name: str,
         version: str | None = None,
@@ -163,7 +163,7 @@ class ApprovalClient(MlflowClient):
         self._refuse_reserved(key)
         super().set_model_version_tag(name, version, key, value, stage)
 
-    def delete_model_version_tag(  # type: ignore[override]
+    def delete_model_version_tag(
         self,
         name: str,
         version: str | None = None,
@@ -193,14 +193,14 @@ class ApprovalClient(MlflowClient):
         archive_existing_versions: bool = False,
         comment: str | None = None,
     ) -> ApprovalRequest:
-        """Ask for ``version`` to move to ``stage``; returns the request (applied at once if ungated)."""
+        """Ask for ``version`` to move to ``stage``; the request is applied at once if ungated."""
         target = Target("stage", _validate_stage(stage), "set", bool(archive_existing_versions))
         return self._file(name, _validate_version(version), target, comment)
 
     def request_alias(
         self, name: str, version: str | int, alias: str, comment: str | None = None
     ) -> ApprovalRequest:
-        """Ask for ``alias`` to point at ``version``; returns the request (applied at once if ungated)."""
+        """Ask for ``alias`` to point at ``version``; the request is applied at once if ungated."""
         target = Target("alias", _validate_alias(alias), "set")
         return self._file(name, _validate_version(version), target, comment)
 
@@ -210,7 +210,7 @@ class ApprovalClient(MlflowClient):
         """Ask for ``alias`` to be deleted; the request is held on the version it points at."""
         _validate_alias(alias)
         try:
-            mv = self._get_registry_client().get_model_version_by_alias(name, alias)
+            mv = self._registry().get_model_version_by_alias(name, alias)
         except MlflowException as exc:
             raise self._not_found(exc, name, None, alias) from None
         return self._file(name, str(mv.version), Target("alias", alias, "delete"), comment, mv)
@@ -253,8 +253,14 @@ class ApprovalClient(MlflowClient):
         self._enforce(verdict, mv, facts, request, "cancel")
         now = utcnow()
         digest = self._emit(
-            mv, facts, "request.cancelled", request, comment=comment,
-            before={"status": request.status.value}, after={"status": "cancelled"}, time=now,
+            mv,
+            facts,
+            "request.cancelled",
+            request,
+            comment=comment,
+            before={"status": request.status.value},
+            after={"status": "cancelled"},
+            time=now,
         )
         ending = Ending(self.actor, now, comment, digest)
         self._write_tag(name, version, T.cancel_key(request.id), T.encode_ending(ending))
@@ -262,7 +268,9 @@ class ApprovalClient(MlflowClient):
         self._settle_index(mv, facts)
         return facts.request(request.id, utcnow())
 
-    def apply(self, name: str, version: str | int, request_id: str | None = None) -> ApprovalRequest:
+    def apply(
+        self, name: str, version: str | int, request_id: str | None = None
+    ) -> ApprovalRequest:
         """Apply an approved request whose apply failed earlier (for example, audit store down)."""
         version = _validate_version(version)
         mv, facts = self._read(name, version)
@@ -306,7 +314,7 @@ class ApprovalClient(MlflowClient):
         clauses = [f"tags.`{T.INDEX_KEY}` {index_value}"]
         if name is not None:
             clauses.insert(0, "name = '{}'".format(name.replace("'", "\\'")))
-        registry = self._get_registry_client()
+        registry = self._registry()
         now = utcnow()
         found: list[ApprovalRequest] = []
         token = None
@@ -330,7 +338,7 @@ class ApprovalClient(MlflowClient):
         return verify_model(self, name, None if version is None else _validate_version(version))
 
     def export_audit(self, name: str, path: str | os.PathLike[str], format: str = "jsonl") -> int:
-        """Write the whole audit trail of ``name``, ordered, one event per line; returns the count."""
+        """Write the audit trail of ``name``, ordered, one event per line; return the count."""
         from mlflow_approvals.verify import export_model
 
         return export_model(self, name, path, format)
@@ -342,6 +350,10 @@ class ApprovalClient(MlflowClient):
         return reconcile_model(self, name)
 
     # ------------------------------------------------------------------ internals --------
+    def _registry(self) -> Any:
+        """MLflow's registry client: its writes skip MlflowClient's extra registered-model read."""
+        return self._get_registry_client()  # type: ignore[no-untyped-call]
+
     @staticmethod
     def _status(status: str | Status) -> Status:
         try:
@@ -391,19 +403,18 @@ class ApprovalClient(MlflowClient):
         else:
             what = f"registered model '{name}'"
         return ModelVersionNotFound(
-            f"{what} does not exist: check the name and version "
-            f"(MLflow said: {exc.message})"
+            f"{what} does not exist: check the name and version (MLflow said: {exc.message})"
         )
 
     def _read(self, name: str, version: str) -> tuple[ModelVersion, T.VersionFacts]:
         try:
-            mv = self._get_registry_client().get_model_version(name, version)
+            mv = self._registry().get_model_version(name, version)
         except MlflowException as exc:
             raise self._not_found(exc, name, version) from None
         return mv, T.VersionFacts(name, version, mv.tags or {})
 
     def _write_tag(self, name: str, version: str, key: str, value: str) -> None:
-        self._get_registry_client().set_model_version_tag(name, version, key, value)
+        self._registry().set_model_version_tag(name, version, key, value)
 
     def _by_id(self, facts: T.VersionFacts, rid: str, now: datetime) -> ApprovalRequest:
         if rid not in facts.requests:
@@ -477,20 +488,36 @@ class ApprovalClient(MlflowClient):
         return self.audit.append(event)
 
     def _deny(
-        self, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest | None,
-        action: str, reason: str, rule: str | None = None,
+        self,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest | None,
+        action: str,
+        reason: str,
+        rule: str | None = None,
     ) -> NotAuthorized:
-        """Audit a refused attempt (best effort: the refusal stands either way); return the error."""
+        """Audit a refused attempt (best effort: the refusal stands anyway); return the error."""
         try:
-            self._emit(mv, facts, "attempt.denied", request, comment=reason, rule=rule,
-                       extra={"attempted": action})
+            self._emit(
+                mv,
+                facts,
+                "attempt.denied",
+                request,
+                comment=reason,
+                rule=rule,
+                extra={"attempted": action},
+            )
         except Exception as exc:  # the audit store being down must not turn a refusal into 5xx
             _log.warning("could not audit a refused attempt: %s", exc)
         return NotAuthorized(reason)
 
     def _enforce(
-        self, verdict: Verdict, mv: ModelVersion, facts: T.VersionFacts,
-        request: ApprovalRequest, action: str,
+        self,
+        verdict: Verdict,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest,
+        action: str,
     ) -> None:
         if verdict.allowed:
             return
@@ -547,18 +574,30 @@ class ApprovalClient(MlflowClient):
             policy_hash=self.policy.content_hash,
         )
         digest = self._emit(
-            mv, facts, "request.created", record, comment=comment, time=now,
-            before=self._live_value(mv, target), after=self._target_value(target, version),
-            extra={"target": {"kind": target.kind, "value": target.value,
-                              "action": target.action,
-                              "archive_existing_versions": target.archive_existing_versions}},
+            mv,
+            facts,
+            "request.created",
+            record,
+            comment=comment,
+            time=now,
+            before=self._live_value(mv, target),
+            after=self._target_value(target, version),
+            extra={
+                "target": {
+                    "kind": target.kind,
+                    "value": target.value,
+                    "action": target.action,
+                    "archive_existing_versions": target.archive_existing_versions,
+                }
+            },
         )
         record = RequestRecord(**{**record.__dict__, "event": digest})
         self._write_tag(name, version, T.request_key(record.id), T.encode_request(record))
         facts.requests[record.id] = record
-        if facts.index != T.INDEX_PENDING:
-            self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
-            facts.index = T.INDEX_PENDING
+        # Always, even when the index already read "pending": a writer settling another request
+        # on this version may write "idle" between our read and our fact (see architecture.md).
+        self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
+        facts.index = T.INDEX_PENDING
         return facts.request(record.id, now)
 
     def _sign(
@@ -581,17 +620,27 @@ class ApprovalClient(MlflowClient):
         )
         self._enforce(verdict, mv, facts, request, decision)
         digest = self._emit(
-            mv, facts, "signoff.approved" if decision == "approve" else "signoff.rejected",
-            request, comment=comment, time=now,
+            mv,
+            facts,
+            "signoff.approved" if decision == "approve" else "signoff.rejected",
+            request,
+            comment=comment,
+            time=now,
             extra={"role": verdict.role, "level": verdict.level},
         )
         signoff = SignOff(
-            actor=self.actor, decision=decision, role=verdict.role,
-            level=verdict.level if decision == "approve" else None, comment=comment,
-            time=now, display_name=self.display_name, event=digest,
+            actor=self.actor,
+            decision=decision,
+            role=verdict.role,
+            level=verdict.level if decision == "approve" else None,
+            comment=comment,
+            time=now,
+            display_name=self.display_name,
+            event=digest,
         )
-        self._write_tag(name, version, T.signoff_key(request.id, self.actor),
-                        T.encode_signoff(signoff))
+        self._write_tag(
+            name, version, T.signoff_key(request.id, self.actor), T.encode_signoff(signoff)
+        )
         facts.signoffs.setdefault(request.id, []).append(signoff)
         after = facts.request(request.id, now)
         if after.status is Status.REJECTED:
@@ -623,8 +672,10 @@ class ApprovalClient(MlflowClient):
         if target.kind == "stage":
             return {"stage": mv.current_stage, "version": str(mv.version)}
         aliases = list(mv.aliases or [])
-        return {"alias": target.value,
-                "version": str(mv.version) if target.value in aliases else None}
+        return {
+            "alias": target.value,
+            "version": str(mv.version) if target.value in aliases else None,
+        }
 
     @staticmethod
     def _is_in_effect(mv: ModelVersion, target: Target) -> bool:
@@ -643,7 +694,7 @@ class ApprovalClient(MlflowClient):
 
     def _apply_ungated(self, mv: ModelVersion, target: Target) -> ApprovalRequest:
         """No rule gates the target: change the registry at once, as MlflowClient would."""
-        registry = self._get_registry_client()
+        registry = self._registry()
         version = str(mv.version)
         if target.kind == "stage":
             registry.transition_model_version_stage(
@@ -655,12 +706,27 @@ class ApprovalClient(MlflowClient):
             registry.delete_registered_model_alias(mv.name, target.value)
         now = utcnow()
         record = RequestRecord(
-            id="", name=mv.name, version=version, target=target, requester=self.actor,
-            created_at=now, comment=None, rule="", levels=(), separation_of_duties=False,
-            expires_at=None, policy_hash=self.policy.content_hash,
+            id="",
+            name=mv.name,
+            version=version,
+            target=target,
+            requester=self.actor,
+            created_at=now,
+            comment=None,
+            rule="",
+            levels=(),
+            separation_of_duties=False,
+            expires_at=None,
+            policy_hash=self.policy.content_hash,
         )
-        return ApprovalRequest(record, (), Status.APPLIED, None, (),
-                               applied=Ending(self.actor, now, "not gated by the policy"))
+        return ApprovalRequest(
+            record,
+            (),
+            Status.APPLIED,
+            None,
+            (),
+            applied=Ending(self.actor, now, "not gated by the policy"),
+        )
 
     def _apply(
         self, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest
@@ -674,29 +740,45 @@ class ApprovalClient(MlflowClient):
             return facts.request(request.id, utcnow())
         target = request.record.target
         name, version = mv.name, str(mv.version)
-        registry = self._get_registry_client()
+        registry = self._registry()
         now = utcnow()
         archived: list[ModelVersion] = []
         in_effect = self._is_in_effect(mv, target)
         if target.kind == "stage" and target.archive_existing_versions and not in_effect:
             archived = [
-                v for v in registry.get_latest_versions(name, [target.value])
+                v
+                for v in registry.get_latest_versions(name, [target.value])
                 if str(v.version) != version
             ]
-        kind = ("stage.transitioned" if target.kind == "stage"
-                else "alias.set" if target.action == "set" else "alias.deleted")
+        kind = (
+            "stage.transitioned"
+            if target.kind == "stage"
+            else "alias.set"
+            if target.action == "set"
+            else "alias.deleted"
+        )
         for other in archived:
             self._emit(
-                other, facts, "version.archived", request, actor=SYSTEM_ACTOR,
-                display_name="mlflow-approvals (system)", version=str(other.version),
+                other,
+                facts,
+                "version.archived",
+                request,
+                actor=SYSTEM_ACTOR,
+                display_name="mlflow-approvals (system)",
+                version=str(other.version),
                 event_id=deterministic_id(request.id, "archived", str(other.version)),
                 before={"stage": other.current_stage, "version": str(other.version)},
                 after={"stage": "Archived", "version": str(other.version)},
                 comment=f"archived by request {request.id} (archive_existing_versions)",
             )
         digest = self._emit(
-            mv, facts, kind, request, event_id=deterministic_id(request.id, "applied"),
-            before=self._live_value(mv, target), after=self._target_value(target, version),
+            mv,
+            facts,
+            kind,
+            request,
+            event_id=deterministic_id(request.id, "applied"),
+            before=self._live_value(mv, target),
+            after=self._target_value(target, version),
             comment=f"applied after sign-off by {', '.join(s.actor for s in request.signoffs)}",
             extra={"already_in_effect": in_effect},
         )
@@ -727,10 +809,16 @@ class ApprovalClient(MlflowClient):
                 continue
             deadline = request.expires_at or now
             digest = self._emit(
-                mv, facts, "request.expired", request, actor=SYSTEM_ACTOR,
+                mv,
+                facts,
+                "request.expired",
+                request,
+                actor=SYSTEM_ACTOR,
                 display_name="mlflow-approvals (system)",
-                event_id=deterministic_id(rid, "expired"), time=deadline,
-                before={"status": "pending"}, after={"status": "expired"},
+                event_id=deterministic_id(rid, "expired"),
+                time=deadline,
+                before={"status": "pending"},
+                after={"status": "expired"},
                 comment=f"no complete sign-off before {deadline.isoformat()}",
             )
             ending = Ending(SYSTEM_ACTOR, deadline, None, digest)
@@ -741,8 +829,7 @@ class ApprovalClient(MlflowClient):
     def _settle_index(self, mv: ModelVersion, facts: T.VersionFacts) -> None:
         """Write the index tag from the facts; after writing idle, look again for a new request."""
         now = utcnow()
-        want = (T.INDEX_PENDING if any(r.is_open for r in facts.all_requests(now))
-                else T.INDEX_IDLE)
+        want = T.INDEX_PENDING if any(r.is_open for r in facts.all_requests(now)) else T.INDEX_IDLE
         if facts.index == want:
             return
         name, version = mv.name, str(mv.version)

@@ -86,7 +86,10 @@ def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = Non
     echo(f"registry: {uri}")
     echo("policy: promoting fraud-* to Production (or @champion) needs, in order,")
     echo("        level 1: one data-scientist and one ml-engineer; level 2: one business-owner")
-    echo("        people: alice, bob (data-scientist); carol, erin (ml-engineer); dave (business-owner)")
+    echo(
+        "        people: alice, bob (data-scientist); carol, erin (ml-engineer); "
+        "dave (business-owner)"
+    )
 
     story.chapter("A data scientist registers a new version of fraud-model.")
     version = _register(as_("alice"), root, name)
@@ -130,8 +133,10 @@ def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = Non
     after = as_("dave").approve(name, version, comment="business impact accepted")
     story.say(after.describe())
     stage = as_("dave").get_model_version(name, version).current_stage
-    story.check(after.status.value == "applied" and stage == "Production",
-                f"{name} v{version} is now in stage {stage}")
+    story.check(
+        after.status.value == "applied" and stage == "Production",
+        f"{name} v{version} is now in stage {stage}",
+    )
 
     story.chapter("The sign-off history, as an auditor reads it (21 CFR Part 11 §11.50).")
     for s in after.signoffs:

@@ -11,7 +11,7 @@ with the right exit code::
         ├── PolicyError               (INVALID_PARAMETER_VALUE, 400)
         ├── RequestNotFound           (RESOURCE_DOES_NOT_EXIST, 404)
         ├── InvalidRequest            (INVALID_PARAMETER_VALUE, 400)
-        ├── ModelVersionNotFound      (RESOURCE_DOES_NOT_EXIST, 404)  unknown model, version or alias
+        ├── ModelVersionNotFound      (RESOURCE_DOES_NOT_EXIST, 404)  no such model/version/alias
         └── AuditUnavailable          (ABORTED, 409)  the audit store could not be written
 
 No code here has a 5xx error code: MLflow's REST client retries 5xx answers for about 30 seconds,

@@ -27,6 +27,6 @@ def resolve_actor(explicit: str | None = None, environ: Mapping[str, str] | None
 def resolve_display_name(
     actor: str, explicit: str | None = None, environ: Mapping[str, str] | None = None
 ) -> str:
-    """The printed name shown beside a signature: ``explicit``, MLFLOW_APPROVALS_DISPLAY_NAME, or the id."""
+    """The printed name by a signature: ``explicit``, MLFLOW_APPROVALS_DISPLAY_NAME, else the id."""
     env = os.environ if environ is None else environ
     return explicit or env.get("MLFLOW_APPROVALS_DISPLAY_NAME") or actor

@@ -55,7 +55,9 @@ class Target:
         if self.kind == "stage":
             extra = " (archiving the versions there)" if self.archive_existing_versions else ""
             return f"stage {self.value}{extra}"
-        return f"alias @{self.value}" if self.action == "set" else f"deletion of alias @{self.value}"
+        return (
+            f"alias @{self.value}" if self.action == "set" else f"deletion of alias @{self.value}"
+        )
 
     def same_as(self, other: Target) -> bool:
         """True when both ask for the same change (used to find an identical open request)."""
@@ -246,8 +248,11 @@ class ApprovalRequest:
             ],
             "cancelled": None
             if self.cancelled is None
-            else {"actor": self.cancelled.actor, "time": ts(self.cancelled.time),
-                  "comment": self.cancelled.comment},
+            else {
+                "actor": self.cancelled.actor,
+                "time": ts(self.cancelled.time),
+                "comment": self.cancelled.comment,
+            },
             "applied": None
             if self.applied is None
             else {"actor": self.applied.actor, "time": ts(self.applied.time)},
@@ -320,7 +325,7 @@ def derive(
 
 @dataclass(frozen=True)
 class Verdict:
-    """The answer to "may this actor do this?": allowed with the role/level it counts as, or why not."""
+    """May this actor do this? If so, the role and level it counts as; if not, why not."""
 
     allowed: bool
     reason: str = ""
@@ -363,8 +368,9 @@ def decide_signoff(
             "invalid",
         )
     if any(s.actor == actor for s in request.signoffs):
-        return _refuse(f"{actor} has already signed request {request.id}; a person signs once",
-                       "invalid")
+        return _refuse(
+            f"{actor} has already signed request {request.id}; a person signs once", "invalid"
+        )
     if request.record.separation_of_duties and actor == request.requester:
         return _refuse(
             f"{actor} filed request {request.id} and cannot sign it (separation of duties): "

@@ -59,7 +59,6 @@ from pydantic import (
     model_validator,
 )
 
-
 __all__ = [
     "ENV_VAR",
     "STAGES",

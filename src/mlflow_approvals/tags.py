@@ -38,7 +38,9 @@ _REQ = PREFIX + "r."
 MAX_COMMENT_CHARS = 5000
 MAX_VALUE_CHARS = 100_000  # MLflow's limit for model-version tag values
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
-_FACT = re.compile(r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired))?$")
+_FACT = re.compile(
+    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired))?$"
+)
 
 
 def is_reserved(key: str) -> bool:

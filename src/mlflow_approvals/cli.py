@@ -1,0 +1,879 @@
+"""The ``mlflow-approvals`` command line, for people and for CI pipelines.
+
+A thin click layer over :class:`~mlflow_approvals.client.ApprovalClient`: it parses arguments,
+prints the result for a terminal or as one JSON document (``--json``), and maps the outcome to
+an exit code a pipeline can branch on (see ``docs/cli.md``)::
+
+    0  success (``wait``: applied)         3  still pending
+    1  error                               4  rejected, cancelled or expired
+    2  usage error
+
+Start-up time matters here: importing MLflow takes seconds, so nothing from MLflow (nor the
+modules that import it: ``client``, ``errors``, ``lifecycle``) is imported at module level.
+``--help``, ``policy validate`` and ``policy explain`` never import MLflow; the other commands
+import it once, when they first need the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from mlflow_approvals._version import __version__
+
+if TYPE_CHECKING:
+    from mlflow_approvals.client import ApprovalClient
+    from mlflow_approvals.lifecycle import ApprovalRequest
+    from mlflow_approvals.policy import Policy
+
+__all__ = [
+    "EXIT_ENDED",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_PENDING",
+    "EXIT_USAGE",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # click's own code for usage errors
+EXIT_PENDING = 3
+EXIT_ENDED = 4
+
+_POLICY_ENV = "MLFLOW_APPROVALS_POLICY"  # as policy.ENV_VAR, which this module must not import
+_ENDED = ("rejected", "cancelled", "expired")
+_STATUS_CHOICES = ("pending", "approved", "applied", "rejected", "cancelled", "expired", "all")
+
+_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success (wait: the request was applied; reject and cancel: done as asked)
+  1  error: the message on stderr says what to do (--debug shows the traceback)
+  2  usage error: a missing or invalid argument
+  3  still pending (request, status; wait when --timeout passes)
+  4  rejected, cancelled or expired (status, wait)
+
+\b
+Environment: MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_USERNAME
+(the actor, unless --as), MLFLOW_APPROVALS_POLICY (the policy file, unless --policy).
+"""
+
+
+# ------------------------------------------------------------------------- settings ------
+@dataclass
+class Settings:
+    """The global options, and the one client the command builds from them."""
+
+    tracking_uri: str | None = None
+    policy: str | None = None
+    actor: str | None = None
+    json: bool = False
+    debug: bool = False
+    _client: ApprovalClient | None = field(default=None, repr=False)
+
+    def client(self) -> ApprovalClient:
+        """The ``ApprovalClient`` (MLflow is imported here, on first use, once)."""
+        if self._client is None:
+            from mlflow_approvals.client import ApprovalClient
+
+            self._client = ApprovalClient(
+                tracking_uri=self.tracking_uri, policy=self.policy, actor=self.actor
+            )
+        return self._client
+
+    def where(self) -> str:
+        """The tracking URI in use, for messages."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if self._client is not None:
+            return str(self._client.tracking_uri)
+        return "MLflow's default tracking URI (set MLFLOW_TRACKING_URI or --tracking-uri)"
+
+    # -- output ------------------------------------------------------------------------
+    def out(self, doc: Any, human: Callable[[], list[str]]) -> None:
+        """Print the result: ``doc`` as one JSON document, or the lines ``human()`` returns."""
+        if self.json:
+            click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+        else:
+            for line in human():
+                click.echo(line)
+
+    def note(self, text: str) -> None:
+        """A message for the person reading: stdout in human mode, stderr under ``--json``."""
+        click.echo(text, err=self.json)
+
+
+class Failure(click.ClickException):
+    """An error the command line reports in one short message, exit code 1.
+
+    Under ``--json`` stdout also gets ``{"error": {"type": ..., "message": ...}}``.
+    """
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, kind: str = "Error", as_json: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.as_json = as_json  # set from --json by the group when the command raises it
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.as_json:
+            doc = {"error": {"type": self.kind, "message": self.message}}
+            click.echo(json.dumps(doc, indent=2))
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _short_cause(text: str) -> str:
+    """The useful tail of a ``requests``/urllib3 connection error, e.g. 'Connection refused'."""
+    for marker in ("[Errno", "Name or service not known", "timed out", "Connection refused"):
+        at = text.find(marker)
+        if at >= 0:
+            tail = text[at:]
+            if tail.startswith("[Errno"):
+                tail = tail.split("]", 1)[-1]
+            return tail.strip().split('"')[0].split("'")[0].rstrip(")").strip()
+    return text[:200]
+
+
+def _failure(exc: Exception, settings: Settings) -> Failure:
+    """Map an exception to a short message (exit 1); expected errors get no traceback."""
+    as_json = settings.json
+    if "mlflow" in sys.modules:  # no MLflow imported means no MLflow error can be raised
+        from mlflow.exceptions import MlflowException
+
+        from mlflow_approvals.errors import ApprovalError
+
+        if isinstance(exc, ApprovalError):
+            return Failure(exc.message, type(exc).__name__, as_json)
+        if isinstance(exc, MlflowException):
+            message = str(exc.message)
+            if message.startswith("API request to") and "failed with exception" in message:
+                return Failure(
+                    f"could not reach the tracking server at {settings.where()} "
+                    f"({_short_cause(message)}): check --tracking-uri / MLFLOW_TRACKING_URI "
+                    "and that the server is running",
+                    "ConnectionError",
+                    as_json,
+                )
+            first = message.strip().splitlines()[0] if message.strip() else repr(exc)
+            return Failure(f"MLflow: {first[:500]}", type(exc).__name__, as_json)
+    if "requests" in sys.modules:
+        import requests
+
+        if isinstance(exc, requests.ConnectionError):
+            return Failure(
+                f"could not reach the tracking server at {settings.where()} "
+                f"({_short_cause(str(exc))}): check --tracking-uri / MLFLOW_TRACKING_URI",
+                "ConnectionError",
+                as_json,
+            )
+    return Failure(
+        f"unexpected {type(exc).__name__}: {exc} (run again with --debug to see the traceback)",
+        type(exc).__name__,
+        as_json,
+    )
+
+
+@contextmanager
+def _quiet_mlflow(debug: bool) -> Iterator[None]:
+    """Hide MLflow's stage-deprecation FutureWarnings, which every stage call emits."""
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+class _Group(click.Group):
+    """A group that turns every non-click exception of its commands into a short message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with _quiet_mlflow(bool(ctx.params.get("debug"))):
+                return super().invoke(ctx)
+        except Failure as exc:
+            exc.as_json = bool(ctx.params.get("as_json"))
+            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            settings = ctx.find_object(Settings) or Settings()
+            if settings.debug:
+                traceback.print_exc(file=sys.stderr)
+            raise _failure(exc, settings) from exc
+
+
+# ------------------------------------------------------------------------- formatting ----
+def _ts(t: datetime | None) -> str:
+    return "-" if t is None else t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _target(request: ApprovalRequest) -> str:
+    return str(request.record.target)
+
+
+def _signers(request: ApprovalRequest) -> str:
+    return ", ".join(s.actor for s in request.signoffs if s.decision == "approve") or "nobody"
+
+
+def _needs(request: ApprovalRequest) -> str:
+    return ", ".join(str(m) for m in request.missing)
+
+
+def _status_line(request: ApprovalRequest) -> str:
+    """Where a request stands, in one phrase."""
+    status = request.status.value
+    if status == "pending":
+        return (
+            f"pending at level {request.open_level} of {len(request.levels)} "
+            f"(needs {_needs(request)})"
+        )
+    if status == "approved":
+        return (
+            "approved by every level but not applied yet: run `mlflow-approvals approve "
+            f"{request.name} {request.version}` to retry the apply"
+        )
+    if status == "applied" and request.applied is not None:
+        return f"applied by {request.applied.actor} at {_ts(request.applied.time)}"
+    if status == "rejected":
+        who = next((s for s in request.signoffs if s.decision == "reject"), None)
+        if who is not None:
+            reason = f": {who.comment}" if who.comment else ""
+            return f"rejected by {who.actor} at {_ts(who.time)}{reason}"
+    if status == "cancelled" and request.cancelled is not None:
+        reason = f": {request.cancelled.comment}" if request.cancelled.comment else ""
+        return f"cancelled by {request.cancelled.actor} at {_ts(request.cancelled.time)}{reason}"
+    if status == "expired":
+        deadline = request.expired.time if request.expired else request.expires_at
+        return f"expired at {_ts(deadline)} without complete sign-off"
+    return status
+
+
+def _level_lines(request: ApprovalRequest) -> list[str]:
+    """One line per level: done, open or waiting, and who signed each requirement."""
+    lines = []
+    for number, level in enumerate(request.levels, start=1):
+        parts = []
+        done = True
+        for req in level:
+            names = [
+                s.actor
+                for s in request.signoffs
+                if s.decision == "approve" and s.level == number and s.role == req.role
+            ]
+            done = done and len(names) >= req.count
+            signed = f" ({', '.join(names)})" if names else ""
+            parts.append(f"{req.role} {min(len(names), req.count)}/{req.count}{signed}")
+        if done:
+            state = "done"
+        elif number == request.open_level:
+            state = "OPEN"
+        elif request.status.value == "pending":
+            state = "waiting"
+        else:
+            state = "-"
+        lines.append(f"  level {number}  {state:<8} " + "; ".join(parts))
+    return lines
+
+
+def _request_view(request: ApprovalRequest) -> list[str]:
+    """The level-by-level view of a request that ``status`` and the sign-off commands print."""
+    comment = f' "{request.comment}"' if request.comment else ""
+    lines = [
+        f"request {request.id}: {request.name} v{request.version} -> {_target(request)}",
+        f"  status   {_status_line(request)}",
+        f"  filed    by {request.requester} at {_ts(request.created_at)}{comment}",
+    ]
+    rule = f"  rule     {request.rule}"
+    if request.expires_at is not None and request.is_open:
+        rule += f" (expires {_ts(request.expires_at)})"
+    lines.append(rule)
+    lines += _level_lines(request)
+    if request.missing:
+        lines.append(f"  missing  {_needs(request)} at level {request.open_level}")
+    return lines
+
+
+def _applied_at_once(request: ApprovalRequest) -> bool:
+    """True for the result of an ungated request: no rule matched, the change was made."""
+    return not request.id and request.status.value == "applied"
+
+
+def _exit_for(request: ApprovalRequest) -> int:
+    """``status``'s exit code: 0 applied, 3 pending or approved, 4 rejected/cancelled/expired."""
+    status = request.status.value
+    if status == "applied":
+        return EXIT_OK
+    if status in _ENDED:
+        return EXIT_ENDED
+    return EXIT_PENDING
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _parse_duration(text: str, option: str) -> timedelta:
+    from mlflow_approvals.policy import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _load_policy(path: str) -> Policy:
+    """Read a policy file with the pure parser (no MLflow import); exit 1 if invalid."""
+    from mlflow_approvals.policy import PolicyInvalid, parse_policy
+
+    try:
+        return parse_policy(path)
+    except PolicyInvalid as exc:
+        raise Failure(str(exc), "PolicyInvalid") from None
+
+
+def _finish(code: int) -> NoReturn:
+    raise click.exceptions.Exit(code)
+
+
+# ------------------------------------------------------------------------- the group -----
+@click.group(cls=_Group, epilog=_EXIT_CODES_HELP, context_settings={"max_content_width": 100})
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    show_envvar=True,
+    help="The MLflow tracking server or sqlite:/// registry. The registry URI follows it "
+    "unless MLFLOW_REGISTRY_URI is set.",
+)
+@click.option(
+    "--policy",
+    envvar=_POLICY_ENV,
+    show_envvar=True,
+    metavar="FILE",
+    help="The approval policy (YAML or JSON). Without one, nothing is gated.",
+)
+@click.option(
+    "--as",
+    "actor",
+    metavar="USER",
+    help="Who acts (default: MLFLOW_TRACKING_USERNAME, else the OS user). In client-gated "
+    "mode this is a claim, not a proof.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout and nothing else there; messages go to stderr.",
+)
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+@click.version_option(__version__, prog_name="mlflow-approvals")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    tracking_uri: str | None,
+    policy: str | None,
+    actor: str | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Multi-level human sign-off in front of MLflow model promotion.
+
+    Ask for a model version to move to a stage or alias (request), sign off (approve, reject),
+    follow it (status, wait, list), and check the tamper-evident audit trail (audit verify).
+    """
+    ctx.obj = Settings(
+        tracking_uri=tracking_uri or None,
+        policy=policy or None,
+        actor=actor,
+        json=as_json,
+        debug=debug,
+    )
+
+
+_comment = click.option("--comment", "-m", help="Why: recorded with the request and audit event.")
+_request_id = click.option(
+    "--request", "request_id", metavar="ID", help="The request (default: the version's open one)."
+)
+_pass = click.make_pass_decorator(Settings)
+
+
+# ------------------------------------------------------------------------- requests ------
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--stage", help="Ask for this stage (None, Staging, Production, Archived).")
+@click.option(
+    "--archive-existing",
+    is_flag=True,
+    help="With --stage: archive the versions in that stage when the request is applied.",
+)
+@click.option("--alias", help="Ask for this alias to point at the version.")
+@_comment
+@_pass
+def request(
+    settings: Settings,
+    model: str,
+    version: str,
+    stage: str | None,
+    archive_existing: bool,
+    alias: str | None,
+    comment: str | None,
+) -> None:
+    """Ask for MODEL VERSION to move to a stage (--stage) or an alias (--alias).
+
+    Exits 3 while the request waits for sign-off, 0 when no rule gates the target and the
+    change was applied at once.
+    """
+    if (stage is None) == (alias is None):
+        raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
+    if archive_existing and stage is None:
+        raise click.UsageError("--archive-existing goes with --stage")
+    client = settings.client()
+    if stage is not None:
+        req = client.request_transition(model, version, stage, archive_existing, comment=comment)
+    else:
+        assert alias is not None
+        req = client.request_alias(model, version, alias, comment=comment)
+
+    def human() -> list[str]:
+        if _applied_at_once(req):
+            return [
+                f"no rule of the policy gates {_target(req)} of {model}: applied at once "
+                f"({req.name} v{req.version} -> {_target(req)})"
+            ]
+        lines = _request_view(req)
+        if req.status.value == "pending":
+            lines.append(
+                f"next: approvers run `mlflow-approvals approve {req.name} {req.version}`; "
+                f"follow it with `mlflow-approvals wait {req.name} {req.version}`"
+            )
+        return lines
+
+    settings.out(req.to_dict(), human)
+    _finish(_exit_for(req))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@_request_id
+@_comment
+@_pass
+def approve(
+    settings: Settings, model: str, version: str, request_id: str | None, comment: str | None
+) -> None:
+    """Sign off the request on MODEL VERSION at its open level.
+
+    The sign-off that completes the last level applies the promotion. Approving a request that
+    is approved but not applied (its apply failed) retries the apply.
+    """
+    client = settings.client()
+    req = client.approve(model, version, comment=comment, request_id=request_id)
+
+    def human() -> list[str]:
+        mine = next((s for s in req.signoffs if s.actor == client.actor), None)
+        head = (
+            f"{client.actor} signed request {req.id} as {mine.meaning}"
+            if mine is not None
+            else f"request {req.id}"
+        )
+        if req.status.value == "applied":
+            head += f"; applied: {req.name} v{req.version} -> {_target(req)}"
+        return [head, *_request_view(req)]
+
+    settings.out(req.to_dict(), human)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--comment", "-m", required=True, help="Why it is rejected (required).")
+@_request_id
+@_pass
+def reject(
+    settings: Settings, model: str, version: str, comment: str, request_id: str | None
+) -> None:
+    """Reject the request on MODEL VERSION: one rejection ends it. A reason is required."""
+    client = settings.client()
+    req = client.reject(model, version, comment, request_id=request_id)
+    settings.out(
+        req.to_dict(), lambda: [f"{client.actor} rejected request {req.id}", *_request_view(req)]
+    )
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@_request_id
+@_comment
+@_pass
+def cancel(
+    settings: Settings, model: str, version: str, request_id: str | None, comment: str | None
+) -> None:
+    """Withdraw the open request on MODEL VERSION (the requester, or an admin)."""
+    client = settings.client()
+    req = client.cancel(model, version, comment=comment, request_id=request_id)
+    settings.out(
+        req.to_dict(), lambda: [f"{client.actor} cancelled request {req.id}", *_request_view(req)]
+    )
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@_request_id
+@_pass
+def status(settings: Settings, model: str, version: str, request_id: str | None) -> None:
+    """Show the request on MODEL VERSION level by level: who signed, what is missing.
+
+    Without --request: the open request, else the newest. Exits 0 when applied, 3 when still
+    pending (or approved but not applied), 4 when rejected, cancelled or expired.
+    """
+    req = settings.client().get_request(model, version, request_id=request_id)
+    settings.out(req.to_dict(), lambda: _request_view(req))
+    _finish(_exit_for(req))
+
+
+@main.command(name="list")
+@click.option("--model", help="Only this registered model.")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(_STATUS_CHOICES),
+    default="pending",
+    show_default=True,
+    help="Only requests with this status ('all' for every status).",
+)
+@_pass
+def list_(settings: Settings, model: str | None, status_: str) -> None:
+    """List requests across the registry (one server-side query)."""
+    wanted = None if status_ == "all" else status_
+    found = settings.client().list_requests(name=model, status=wanted)
+
+    def human() -> list[str]:
+        if not found:
+            which = f"{wanted} requests" if wanted else "requests"
+            return [f"no {which} of {model}" if model else f"no {which} in the registry"]
+        rows = [["REQUEST", "MODEL", "VERSION", "TARGET", "STATUS", "NEEDS", "REQUESTER", "FILED"]]
+        for r in found:
+            needs = f"level {r.open_level}: {_needs(r)}" if r.missing else "-"
+            rows.append(
+                [
+                    r.id,
+                    r.name,
+                    r.version,
+                    f"{r.target_kind} {r.target}",
+                    r.status.value,
+                    needs,
+                    r.requester,
+                    _ts(r.created_at),
+                ]
+            )
+        return _table(rows)
+
+    settings.out({"count": len(found), "requests": [r.to_dict() for r in found]}, human)
+
+
+def _progress_key(req: ApprovalRequest) -> tuple[Any, ...]:
+    return (req.status, req.open_level, tuple(s.actor for s in req.signoffs), req.missing)
+
+
+def _progress_line(req: ApprovalRequest) -> str:
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    signed = f"; signed by {_signers(req)}" if req.signoffs else ""
+    if req.status.value == "pending":
+        return (
+            f"[{stamp}Z] {req.name} v{req.version} -> {_target(req)}: pending at level "
+            f"{req.open_level} of {len(req.levels)}{signed}; needs {_needs(req)}"
+        )
+    return f"[{stamp}Z] {req.name} v{req.version} -> {_target(req)}: {_status_line(req)}"
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@_request_id
+@click.option(
+    "--timeout",
+    default="2h",
+    show_default=True,
+    envvar="MLFLOW_APPROVALS_WAIT_TIMEOUT",
+    show_envvar=True,
+    help="Give up after this long (30s, 15m, 2h, 7d) and exit 3.",
+)
+@click.option(
+    "--interval",
+    default="10s",
+    show_default=True,
+    envvar="MLFLOW_APPROVALS_WAIT_INTERVAL",
+    show_envvar=True,
+    help="How often to look.",
+)
+@_pass
+def wait(
+    settings: Settings,
+    model: str,
+    version: str,
+    request_id: str | None,
+    timeout: str,
+    interval: str,
+) -> None:
+    """Block until the request on MODEL VERSION is applied, rejected, cancelled or expired.
+
+    Prints a progress line whenever something changes (which level is open, who signed, what is
+    missing). Exits 0 when applied, 4 when rejected, cancelled or expired, 3 on timeout.
+    """
+    limit = _parse_duration(timeout, "--timeout").total_seconds()
+    every = _parse_duration(interval, "--interval").total_seconds()
+    client = settings.client()
+    started = time.monotonic()
+    req = client.get_request(model, version, request_id=request_id)
+    request_id = req.id  # follow this request, even if another one is filed meanwhile
+    seen: tuple[Any, ...] | None = None
+    outcome = "timeout"
+    while True:
+        key = _progress_key(req)
+        if key != seen:
+            settings.note(_progress_line(req))
+            seen = key
+        if req.status.value == "applied" or req.status.value in _ENDED:
+            outcome = req.status.value
+            break
+        left = limit - (time.monotonic() - started)
+        if left <= 0:
+            break
+        time.sleep(min(every, left))
+        req = client.get_request(model, version, request_id=request_id)
+    waited = round(time.monotonic() - started, 1)
+
+    def human() -> list[str]:
+        if outcome == "timeout":
+            return [
+                f"still {req.status.value} after {timeout}: needs {_needs(req) or 'the apply'}; "
+                f"run `mlflow-approvals wait {model} {version} --request {req.id}` again later"
+            ]
+        return _request_view(req)
+
+    settings.out({"outcome": outcome, "waited_seconds": waited, "request": req.to_dict()}, human)
+    if outcome == "applied":
+        _finish(EXIT_OK)
+    _finish(EXIT_PENDING if outcome == "timeout" else EXIT_ENDED)
+
+
+# ------------------------------------------------------------------------- audit ---------
+@main.group()
+def audit() -> None:
+    """Verify, export and reconcile the tamper-evident audit trail."""
+
+
+@audit.command(name="verify")
+@click.argument("model")
+@click.argument("version", required=False)
+@_pass
+def audit_verify(settings: Settings, model: str, version: str | None) -> None:
+    """Check every audit event of MODEL (or one VERSION); exit 1 if any event is INVALID.
+
+    One line per event (valid or INVALID, with the reason), then a summary line.
+    """
+    report = settings.client().verify_audit(model, version)
+    settings.out(report.to_dict(), lambda: str(report).splitlines())
+    if not report.ok:
+        click.echo(f"error: the audit trail of {model} does not verify: {report.summary}", err=True)
+        _finish(EXIT_ERROR)
+
+
+@audit.command(name="export")
+@click.argument("model")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "cloudevents"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: one flat record per line; cloudevents: the events as stored, one per line.",
+)
+@_pass
+def audit_export(settings: Settings, model: str, out: str, fmt: str) -> None:
+    """Write the whole audit trail of MODEL to a file, oldest event first."""
+    count = settings.client().export_audit(model, out, format=fmt)
+    settings.out(
+        {"name": model, "path": out, "format": fmt, "events": count},
+        lambda: [f"wrote {count} audit events of {model} to {out} ({fmt})"],
+    )
+
+
+@audit.command(name="reconcile")
+@click.argument("model")
+@_pass
+def audit_reconcile(settings: Settings, model: str) -> None:
+    """Report stage and alias changes of MODEL that did not go through the gate; exit 1 if any.
+
+    Each change found is recorded in the audit trail, so the next run does not report it again.
+    """
+    report = settings.client().reconcile(model)
+    settings.out(report.to_dict(), lambda: str(report).splitlines())
+    if not report.ok:
+        _finish(EXIT_ERROR)
+
+
+# ------------------------------------------------------------------------- policy --------
+@main.group()
+def policy() -> None:
+    """Check a policy file and ask what it requires (no registry, no MLflow import)."""
+
+
+@policy.command(name="validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_pass
+def policy_validate(settings: Settings, file: str) -> None:
+    """Check the policy FILE: exit 0 if valid, 1 with every problem listed if not."""
+    from mlflow_approvals.policy import PolicyInvalid, describe_rule, parse_policy
+
+    try:
+        pol = parse_policy(file)
+    except PolicyInvalid as exc:
+        if settings.json:
+            click.echo(json.dumps({"path": file, "valid": False, "error": str(exc)}, indent=2))
+        click.echo(f"error: {exc}", err=True)
+        _finish(EXIT_ERROR)
+    doc = {
+        "path": file,
+        "valid": True,
+        "policy_hash": pol.content_hash,
+        "default": pol.default,
+        "roles": {role: list(members) for role, members in pol.roles.items()},
+        "admins": list(pol.admins),
+        "rules": [
+            {
+                "name": rule.name,
+                "levels": [
+                    [{"role": r.role, "count": r.count} for r in lvl] for lvl in rule.levels
+                ],
+            }
+            for rule in pol.rules
+        ],
+    }
+
+    def human() -> list[str]:
+        n_rules = len(pol.rules)
+        lines = [
+            f"{file}: valid ({len(pol.roles)} roles, {n_rules} rule{'s' * (n_rules != 1)}, "
+            f"default {pol.default})"
+        ]
+        for rule in pol.rules:
+            lines.append(f"  rule {rule.name}")
+            lines += [f"    {text}" for text in describe_rule(rule)]
+        return lines
+
+    settings.out(doc, human)
+
+
+@policy.command(name="explain")
+@click.argument("model")
+@click.option("--stage", help="The stage to ask about.")
+@click.option("--alias", help="The alias to ask about.")
+@_pass
+def policy_explain(settings: Settings, model: str, stage: str | None, alias: str | None) -> None:
+    """Say which rule gates MODEL's move to a stage or alias, and who must sign, in order.
+
+    Reads the policy of --policy / MLFLOW_APPROVALS_POLICY.
+    """
+    from mlflow_approvals.policy import canonical_stage, describe_rule, format_duration
+
+    if (stage is None) == (alias is None):
+        raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
+    if settings.policy is None:
+        raise Failure(
+            "no policy to explain: pass --policy FILE or set MLFLOW_APPROVALS_POLICY", "NoPolicy"
+        )
+    pol = _load_policy(settings.policy)
+    if stage is not None:
+        try:
+            kind, value = "stage", canonical_stage(stage)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stage") from None
+    else:
+        assert alias is not None
+        kind, value = "alias", alias
+    rule = pol.match(model, "stage" if kind == "stage" else "alias", value)
+    what = f"{model} -> {kind} {value}"
+    doc: dict[str, Any] = {
+        "model": model,
+        "target": {"kind": kind, "value": value},
+        "policy": settings.policy,
+        "policy_hash": pol.content_hash,
+        "rule": None if rule is None else rule.name,
+        "outcome": "sign-off" if rule is not None else pol.default,
+        "levels": [],
+        "expires_after": None,
+        "separation_of_duties": None,
+    }
+    if rule is None:
+        verdict = (
+            "applied at once (the policy's default is allow)"
+            if pol.default == "allow"
+            else "refused (the policy's default is deny): add a rule for it"
+        )
+        settings.out(doc, lambda: [f"{what}: no rule matches; {verdict}"])
+        return
+    doc["levels"] = [
+        [
+            {"role": r.role, "count": r.count, "members": list(pol.roles.get(r.role, ()))}
+            for r in lvl
+        ]
+        for lvl in rule.levels
+    ]
+    doc["expires_after"] = (
+        None if rule.expires_after is None else format_duration(rule.expires_after)
+    )
+    doc["separation_of_duties"] = rule.separation_of_duties
+
+    def human() -> list[str]:
+        lines = [f"{what}: rule '{rule.name}' applies; sign-off needed, level by level:"]
+        lines += [f"  {text}" for text in describe_rule(rule)]
+        roles = sorted({r.role for lvl in rule.levels for r in lvl})
+        lines.append("who holds the roles:")
+        lines += [f"  {role}: {', '.join(pol.roles.get(role, ())) or 'nobody'}" for role in roles]
+        if rule.expires_after is not None:
+            lines.append(f"a request expires after {format_duration(rule.expires_after)}")
+        if rule.separation_of_duties:
+            lines.append("the requester cannot sign their own request (separation of duties)")
+        return lines
+
+    settings.out(doc, human)
+
+
+# ------------------------------------------------------------------------- demo ----------
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Tell the story `make demo` runs, on a temporary sqlite registry.
+
+    Only an explicit --tracking-uri moves it elsewhere (MLFLOW_TRACKING_URI is ignored here,
+    so the demo never writes to a registry by accident).
+    """
+    from mlflow_approvals.demo import run_demo
+
+    settings = ctx.find_object(Settings) or Settings()
+    parent = ctx.parent
+    source = None if parent is None else parent.get_parameter_source("tracking_uri")
+    uri = settings.tracking_uri if source is click.core.ParameterSource.COMMANDLINE else None
+    code = run_demo(lambda text: click.echo(text, err=settings.json), uri)
+    if settings.json:
+        click.echo(json.dumps({"ok": code == 0, "exit_code": code}, indent=2))
+    _finish(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="mlflow-approvals")
