@@ -17,6 +17,7 @@ import it once, when they first need the registry.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -45,6 +46,7 @@ __all__ = [
     "main",
 ]
 
+DEFAULT_HTTP_RETRIES = "3"  # MLFLOW_HTTP_REQUEST_MAX_RETRIES unless the user set it
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # click's own code for usage errors
@@ -84,6 +86,9 @@ class Settings:
     def client(self) -> ApprovalClient:
         """The ``ApprovalClient`` (MLflow is imported here, on first use, once)."""
         if self._client is None:
+            # MLflow retries an unreachable server for about four minutes by default; a command
+            # in a terminal or a pipeline should say so within seconds. A value the user set wins.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_RETRIES)
             from mlflow_approvals.client import ApprovalClient
 
             self._client = ApprovalClient(
@@ -121,10 +126,10 @@ class Failure(click.ClickException):
 
     exit_code = EXIT_ERROR
 
-    def __init__(self, message: str, kind: str = "Error", as_json: bool = False) -> None:
+    def __init__(self, message: str, kind: str = "Error") -> None:
         super().__init__(message)
         self.kind = kind
-        self.as_json = as_json  # set from --json by the group when the command raises it
+        self.as_json = False  # set from --json by the group, on the way out
 
     def show(self, file: IO[Any] | None = None) -> None:
         if self.as_json:
@@ -147,14 +152,13 @@ def _short_cause(text: str) -> str:
 
 def _failure(exc: Exception, settings: Settings) -> Failure:
     """Map an exception to a short message (exit 1); expected errors get no traceback."""
-    as_json = settings.json
     if "mlflow" in sys.modules:  # no MLflow imported means no MLflow error can be raised
         from mlflow.exceptions import MlflowException
 
         from mlflow_approvals.errors import ApprovalError
 
         if isinstance(exc, ApprovalError):
-            return Failure(exc.message, type(exc).__name__, as_json)
+            return Failure(exc.message, type(exc).__name__)
         if isinstance(exc, MlflowException):
             message = str(exc.message)
             if message.startswith("API request to") and "failed with exception" in message:
@@ -163,10 +167,9 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
                     f"({_short_cause(message)}): check --tracking-uri / MLFLOW_TRACKING_URI "
                     "and that the server is running",
                     "ConnectionError",
-                    as_json,
                 )
             first = message.strip().splitlines()[0] if message.strip() else repr(exc)
-            return Failure(f"MLflow: {first[:500]}", type(exc).__name__, as_json)
+            return Failure(f"MLflow: {first[:500]}", type(exc).__name__)
     if "requests" in sys.modules:
         import requests
 
@@ -175,12 +178,10 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
                 f"could not reach the tracking server at {settings.where()} "
                 f"({_short_cause(str(exc))}): check --tracking-uri / MLFLOW_TRACKING_URI",
                 "ConnectionError",
-                as_json,
             )
     return Failure(
         f"unexpected {type(exc).__name__}: {exc} (run again with --debug to see the traceback)",
         type(exc).__name__,
-        as_json,
     )
 
 
@@ -200,16 +201,19 @@ class _Group(click.Group):
         try:
             with _quiet_mlflow(bool(ctx.params.get("debug"))):
                 return super().invoke(ctx)
-        except Failure as exc:
-            exc.as_json = bool(ctx.params.get("as_json"))
+        except (click.exceptions.Exit, click.Abort):
             raise
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            if isinstance(exc, Failure):
+                exc.as_json = bool(ctx.params.get("as_json"))
             raise
         except Exception as exc:
             settings = ctx.find_object(Settings) or Settings()
             if settings.debug:
                 traceback.print_exc(file=sys.stderr)
-            raise _failure(exc, settings) from exc
+            failure = _failure(exc, settings)
+            failure.as_json = settings.json
+            raise failure from exc
 
 
 # ------------------------------------------------------------------------- formatting ----
@@ -320,7 +324,9 @@ def _exit_for(request: ApprovalRequest) -> int:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def _parse_duration(text: str, option: str) -> timedelta:
@@ -411,13 +417,15 @@ _pass = click.make_pass_decorator(Settings)
 @main.command()
 @click.argument("model")
 @click.argument("version")
-@click.option("--stage", help="Ask for this stage (None, Staging, Production, Archived).")
+@click.option(
+    "--stage", metavar="STAGE", help="Ask for this stage (None, Staging, Production, Archived)."
+)
 @click.option(
     "--archive-existing",
     is_flag=True,
     help="With --stage: archive the versions in that stage when the request is applied.",
 )
-@click.option("--alias", help="Ask for this alias to point at the version.")
+@click.option("--alias", metavar="ALIAS", help="Ask for this alias to point at the version.")
 @_comment
 @_pass
 def request(
@@ -483,7 +491,7 @@ def approve(
     def human() -> list[str]:
         mine = next((s for s in req.signoffs if s.actor == client.actor), None)
         head = (
-            f"{client.actor} signed request {req.id} as {mine.meaning}"
+            f"{client.actor} signed request {req.id}: {mine.meaning}"
             if mine is not None
             else f"request {req.id}"
         )
@@ -606,6 +614,7 @@ def _progress_line(req: ApprovalRequest) -> str:
 @click.option(
     "--timeout",
     default="2h",
+    metavar="DURATION",
     show_default=True,
     envvar="MLFLOW_APPROVALS_WAIT_TIMEOUT",
     show_envvar=True,
@@ -614,6 +623,7 @@ def _progress_line(req: ApprovalRequest) -> str:
 @click.option(
     "--interval",
     default="10s",
+    metavar="DURATION",
     show_default=True,
     envvar="MLFLOW_APPROVALS_WAIT_INTERVAL",
     show_envvar=True,
@@ -706,7 +716,10 @@ def audit_verify(settings: Settings, model: str, version: str | None) -> None:
 @_pass
 def audit_export(settings: Settings, model: str, out: str, fmt: str) -> None:
     """Write the whole audit trail of MODEL to a file, oldest event first."""
-    count = settings.client().export_audit(model, out, format=fmt)
+    try:
+        count = settings.client().export_audit(model, out, format=fmt)
+    except OSError as exc:
+        raise Failure(f"could not write {out}: {exc.strerror or exc}", "OSError") from None
     settings.out(
         {"name": model, "path": out, "format": fmt, "events": count},
         lambda: [f"wrote {count} audit events of {model} to {out} ({fmt})"],
