@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import register_versions, unique_name
-from mlflow_approvals import ApprovalClient
+from mlflow_approvals import ApprovalClient, ModelVersionNotFound
 from mlflow_approvals.audit import canonical, deterministic_id, event_hash, event_path, make_event
 from mlflow_approvals.lifecycle import Status
 from mlflow_approvals.verify import verify_events
@@ -98,6 +98,45 @@ def test_event_whose_change_was_never_recorded_is_not_anchored():
     assert "never recorded" in bad[0].reason
 
 
+def test_two_records_of_one_reconciled_change_count_once():
+    """Two reconcilers recording one change write one event twice: valid, counted once."""
+    change = {"before": {"stage": "None", "version": "1"}, "after": {"stage": "Staging"}}
+    first = _event("change.detected", event_id="c-1", request_id=None, **change)
+    second = _event("change.detected", event_id="c-1", request_id=None, actor="x", **change)
+    report = verify_events([_file(first), _file(second)], {})
+    assert report.ok and report.summary == "1/1 events valid (1 duplicate delivery counted once)"
+
+
+def test_second_applier_anchors_the_archive_events_it_wrote():
+    """A duplicate apply (the applier whose fact lost) anchors its own archive events."""
+    events, anchors = _chain()
+    archived = _event(
+        "version.archived",
+        [event_hash(events[0])],
+        version="2",
+        event_id=deterministic_id("r1", "archived", "2"),
+        after={"stage": "Archived", "version": "2"},
+    )
+    second = json.loads(json.dumps(events[2]))
+    second["data"]["parents"] = sorted([*second["data"]["parents"], event_hash(archived)])
+    second["time"] = "2030-01-01T00:00:00.002000Z"
+    report = verify_events([_file(e) for e in [*events, archived, second]], anchors)
+    assert report.ok, report
+    line = next(x for x in report.events if x.type == "version.archived")
+    assert "through the duplicate delivery" in line.reason
+
+
+def test_events_of_a_deleted_version_are_valid_but_marked():
+    """Deleting a version deletes its anchor tags: its events are checked and marked, not failed."""
+    events, _ = _chain()
+    files = [_file(e) for e in events]
+    assert not verify_events(files, {}, live_versions=["1"]).ok
+    report = verify_events(files, {}, live_versions=["2"])
+    assert report.ok
+    assert all("was deleted" in x.reason for x in report.events)
+    assert any("no longer exist" in note for note in report.notes)
+
+
 def test_non_canonical_file_is_invalid():
     """A file that is not RFC 8785 canonical JSON is INVALID even when named by its bytes' hash."""
     events, anchors = _chain()
@@ -112,7 +151,9 @@ def test_non_canonical_file_is_invalid():
 def test_unreadable_file_is_invalid():
     """A file that is not a JSON audit event is reported, not skipped."""
     events, anchors = _chain()
-    files = [_file(e) for e in events] + [("events/v1/20300101T000000Z-" + "0" * 64 + ".json", b"{")]
+    files = [_file(e) for e in events] + [
+        ("events/v1/20300101T000000Z-" + "0" * 64 + ".json", b"{")
+    ]
     report = verify_events(files, anchors)
     assert report.counts == {"unreadable": 1}
 
@@ -122,12 +163,27 @@ def test_report_to_dict_has_a_stable_shape():
     events, anchors = _chain()
     data = verify_events([_file(e) for e in events[:2]], anchors, name="m").to_dict()
     assert set(data) == {
-        "ok", "name", "version", "summary", "total", "valid", "duplicates", "problems",
-        "events", "notes",
+        "ok",
+        "name",
+        "version",
+        "summary",
+        "total",
+        "valid",
+        "duplicates",
+        "problems",
+        "events",
+        "notes",
     }
     assert data["ok"] is False and data["problems"] == {"missing": 1}
     assert set(data["events"][0]) == {
-        "status", "path", "hash", "type", "version", "problem", "reason", "duplicate_of",
+        "status",
+        "path",
+        "hash",
+        "type",
+        "version",
+        "problem",
+        "reason",
+        "duplicate_of",
     }
     json.dumps(data)
 
@@ -198,8 +254,9 @@ def test_verifying_writes_nothing(reg):
             (str(p), p.stat().st_mtime_ns) for p in reg.events_dir().parent.parent.rglob("*")
         )
         runs = sorted(
-            r.info.run_id for e in reg.plain.search_experiments() for r in
-            reg.plain.search_runs([e.experiment_id])
+            r.info.run_id
+            for e in reg.plain.search_experiments()
+            for r in reg.plain.search_runs([e.experiment_id])
         )
         return tags, files, runs, len(reg.plain.search_experiments())
 
@@ -215,6 +272,12 @@ def test_model_without_log_verifies_empty_and_creates_nothing(sqlite_uri, policy
     report = fresh.verify()
     assert report.ok and report.summary == "0/0 events valid"
     assert fresh.plain.get_experiment_by_name("mlflow-approvals-audit") is None
+
+
+def test_unknown_model_is_a_clear_error(reg):
+    """Verifying a model that does not exist (and has no log) names the problem, not "ok"."""
+    with pytest.raises(ModelVersionNotFound, match="does not exist"):
+        reg.as_("auditor").verify_audit("no-such-model")
 
 
 def test_edited_event_is_a_hash_mismatch(reg):
@@ -268,12 +331,16 @@ def test_deleted_newest_event_is_missing(reg):
 
 
 def test_inserted_forged_event_is_not_anchored(reg):
-    """A forged approval with a correct hash name and valid parents is not reachable from any anchor."""
+    """A forged approval, named by its hash, with real parents, is reachable from no anchor."""
     head = reg.files()[-1]
     real = json.loads(reg.by_type("signoff.approved")[0].read_bytes())
     forged = make_event(
-        type="signoff.approved", name=reg.name, version="1", actor="erin",
-        comment="approved", request_id=real["data"]["request_id"],
+        type="signoff.approved",
+        name=reg.name,
+        version="1",
+        actor="erin",
+        comment="approved",
+        request_id=real["data"]["request_id"],
         parents=[head.name.split("-")[1].removesuffix(".json")],
     )
     path = reg.events_dir().parent / event_path(forged, event_hash(forged))
@@ -297,7 +364,7 @@ def test_swapped_contents_are_caught(reg):
 def test_event_moved_to_another_time_is_misplaced(reg):
     """Renaming a file to another time stamp (reordering the log) is caught by the name check."""
     path = reg.files()[1]
-    stamp, rest = path.name.split("-", 1)
+    rest = path.name.split("-", 1)[1]
     path.rename(path.with_name("20000101T000000000000Z-" + rest))
     report = reg.verify()
     assert report.counts == {"misplaced": 1}
@@ -319,6 +386,15 @@ def test_version_filter_reports_only_that_version(reg):
     assert reg.verify().summary == "6/6 events valid"
 
 
+def test_copied_version_starts_a_clean_log(reg):
+    """Events on a copy of a version with requests do not link to the source model's log."""
+    copy = reg.plain.copy_model_version(f"models:/{reg.name}/1", unique_name())
+    copied = ApprovalClient(reg.uri, reg.uri, policy=reg.policy, actor="alice")
+    copied.request_transition(copy.name, str(copy.version), "Production")
+    report = copied.verify_audit(copy.name)
+    assert report.ok, report
+
+
 # -- many writers at once, on the real server ------------------------------------------------
 
 
@@ -327,8 +403,12 @@ def test_sixteen_concurrent_signers_leave_a_log_that_verifies(mlflow_server, pol
     panel = [f"panel{i:02d}" for i in range(16)]
     policy_dict["roles"]["panel"] = panel
     policy_dict["rules"] = [
-        {"name": "panel", "models": ["panel-*"], "stages": ["Production"],
-         "levels": [[{"role": "panel", "count": 16}]]}
+        {
+            "name": "panel",
+            "models": ["panel-*"],
+            "stages": ["Production"],
+            "levels": [[{"role": "panel", "count": 16}]],
+        }
     ]
     uri = mlflow_server.uri
     name = unique_name("panel-model")

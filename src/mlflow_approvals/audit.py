@@ -244,18 +244,38 @@ class AuditStore:
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, name: str, dest: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
-        """Download every event file of model ``name``; return (artifact path, bytes) pairs."""
+        """Every event file of model ``name`` as (artifact path, bytes) pairs.
+
+        An artifact store on a local folder is read in place (downloading copies each file
+        through MLflow's path checks: about 2 ms a file); any other is downloaded to ``dest``.
+        """
         out: list[tuple[str, bytes]] = []
         for i, run_id in enumerate(self.run_ids(name, create=False)):
-            target = Path(dest) / f"run{i}"
-            target.mkdir(parents=True, exist_ok=True)
-            if not self._client.list_artifacts(run_id, "events"):
+            local = self._local_artifacts(run_id)
+            if local is None:
+                target = Path(dest) / f"run{i}"
+                target.mkdir(parents=True, exist_ok=True)
+                if not self._client.list_artifacts(run_id, "events"):
+                    continue
+                local = Path(self._client.download_artifacts(run_id, "events", str(target)))
+            elif not local.is_dir():
                 continue
-            local = Path(self._client.download_artifacts(run_id, "events", str(target)))
             for path in sorted(local.rglob("*.json")):
                 rel = "events/" + path.relative_to(local).as_posix()
                 out.append((rel, path.read_bytes()))
         return out
+
+    def _local_artifacts(self, run_id: str) -> Path | None:
+        """The run's ``events`` folder when its artifacts live on a local path, else None."""
+        from urllib.parse import unquote, urlparse
+
+        uri = str(self._client.get_run(run_id).info.artifact_uri)
+        parsed = urlparse(uri)
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+            return Path(unquote(parsed.path)) / "events"
+        if parsed.scheme == "" and os.path.isabs(uri):
+            return Path(uri) / "events"
+        return None
 
 
 def parse_event(raw: bytes) -> dict[str, Any]:

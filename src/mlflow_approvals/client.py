@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -463,6 +463,7 @@ class ApprovalClient(MlflowClient):
         policy_hash: str | None = None,
         rule: str | None = None,
         version: str | None = None,
+        parents: Iterable[str] = (),
     ) -> str:
         """Write one audit event (intent before effect); return its hash."""
         record = request.record if isinstance(request, ApprovalRequest) else request
@@ -480,7 +481,7 @@ class ApprovalClient(MlflowClient):
             rule=rule or (record.rule if record else None),
             run_id=mv.run_id,
             source=mv.source,
-            parents=facts.event_hashes(),
+            parents=[*facts.event_hashes(), *parents],
             event_id=event_id,
             time=time,
             extra=extra,
@@ -746,9 +747,7 @@ class ApprovalClient(MlflowClient):
         in_effect = self._is_in_effect(mv, target)
         if target.kind == "stage" and target.archive_existing_versions and not in_effect:
             archived = [
-                v
-                for v in registry.get_latest_versions(name, [target.value])
-                if str(v.version) != version
+                v for v in self._versions_in_stage(name, target.value) if str(v.version) != version
             ]
         kind = (
             "stage.transitioned"
@@ -757,8 +756,9 @@ class ApprovalClient(MlflowClient):
             if target.action == "set"
             else "alias.deleted"
         )
+        archived_events = []
         for other in archived:
-            self._emit(
+            event = self._emit(
                 other,
                 facts,
                 "version.archived",
@@ -771,6 +771,7 @@ class ApprovalClient(MlflowClient):
                 after={"stage": "Archived", "version": str(other.version)},
                 comment=f"archived by request {request.id} (archive_existing_versions)",
             )
+            archived_events.append(event)
         digest = self._emit(
             mv,
             facts,
@@ -781,6 +782,7 @@ class ApprovalClient(MlflowClient):
             after=self._target_value(target, version),
             comment=f"applied after sign-off by {', '.join(s.actor for s in request.signoffs)}",
             extra={"already_in_effect": in_effect},
+            parents=archived_events,  # so the archive events are anchored through this one
         )
         if not in_effect:
             if target.kind == "stage":
@@ -796,10 +798,42 @@ class ApprovalClient(MlflowClient):
                     if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                         raise
         ending = Ending(self.actor, now, None, digest)
-        self._write_tag(name, version, T.applied_key(request.id), T.encode_ending(ending))
-        facts.applied[request.id] = ending
+        if not self._write_shared_fact(mv, T.applied_key(request.id), T.encode_ending(ending)):
+            _, facts = self._read(name, version)  # a concurrent applier's fact stands
+        else:
+            facts.applied[request.id] = ending
         self._settle_index(mv, facts)
         return facts.request(request.id, utcnow())
+
+    def _write_shared_fact(self, mv: ModelVersion, key: str, value: str) -> bool:
+        """Write a fact any of several writers may write (applied, expired) once.
+
+        Two writers creating the same new key at the same moment can make one of them fail
+        with a unique-constraint error (measured on PostgreSQL). Then the other's fact is there
+        and stands: return False. Any other failure is raised.
+        """
+        try:
+            self._write_tag(mv.name, str(mv.version), key, value)
+            return True
+        except MlflowException:
+            fresh, _ = self._read(mv.name, str(mv.version))
+            if key not in (fresh.tags or {}):
+                raise
+            return False
+
+    def _versions_in_stage(self, name: str, stage: str) -> list[ModelVersion]:
+        """Every version of ``name`` in ``stage`` (MLflow archives all of them, not the latest)."""
+        quoted = name.replace("'", "\\'")
+        found: list[ModelVersion] = []
+        token = None
+        while True:
+            page = self._registry().search_model_versions(
+                f"name = '{quoted}'", max_results=1000, order_by=None, page_token=token
+            )
+            found += [v for v in page if v.current_stage == stage]
+            token = page.token
+            if not token:
+                return found
 
     def _record_expiries(self, mv: ModelVersion, facts: T.VersionFacts, now: datetime) -> None:
         """Record (audit + fact) each request whose deadline has passed and is not yet recorded."""
@@ -822,8 +856,8 @@ class ApprovalClient(MlflowClient):
                 comment=f"no complete sign-off before {deadline.isoformat()}",
             )
             ending = Ending(SYSTEM_ACTOR, deadline, None, digest)
-            self._write_tag(mv.name, str(mv.version), T.expired_key(rid), T.encode_ending(ending))
-            facts.expired[rid] = ending
+            if self._write_shared_fact(mv, T.expired_key(rid), T.encode_ending(ending)):
+                facts.expired[rid] = ending
             self._settle_index(mv, facts)
 
     def _settle_index(self, mv: ModelVersion, facts: T.VersionFacts) -> None:

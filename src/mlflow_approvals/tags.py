@@ -228,11 +228,11 @@ class VersionFacts:
 
     def event_hashes(self) -> list[str]:
         """The audit event hashes anchored in this version's facts (the heads a writer saw)."""
-        hashes = [r.event for r in self.requests.values()]
-        hashes += [s.event for sl in self.signoffs.values() for s in sl]
-        hashes += [e.event for e in self.cancelled.values()]
-        hashes += [e.event for e in self.applied.values()]
-        hashes += [e.event for e in self.expired.values()]
+        own = self.requests  # facts copied from another version (copy_model_version) don't count
+        hashes = [r.event for r in own.values()]
+        hashes += [s.event for rid, sl in self.signoffs.items() if rid in own for s in sl]
+        for endings in (self.cancelled, self.applied, self.expired):
+            hashes += [e.event for rid, e in endings.items() if rid in own]
         return sorted({h for h in hashes if h})
 
 

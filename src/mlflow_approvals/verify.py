@@ -299,7 +299,7 @@ def _inspect(path: str, raw: bytes) -> _Entry:
         )
     try:
         is_canonical = canonical(event) == raw
-    except Exception:  # numbers or strings RFC 8785 refuses
+    except ValueError:  # a number RFC 8785 cannot represent
         is_canonical = False
     if not is_canonical:
         entry.problems.append(("not canonical", "not canonical: not RFC 8785 JSON as written"))
@@ -345,13 +345,16 @@ def verify_events(
     *,
     name: str | None = None,
     version: str | None = None,
+    live_versions: Collection[str] | None = None,
 ) -> VerifyReport:
     """Verify an audit log: ``files`` are (artifact path, bytes) pairs, ``anchors`` map each
     hash held in a fact tag to where it is held (for example ``v3:mlflow_approvals.r.<rid>``).
 
     With ``version``, the whole log is still checked (links cross versions: an archived
     version's event is anchored through the promoted version's), but only the lines of that
-    version are reported. Pure: no I/O.
+    version are reported. ``live_versions`` names the versions that still exist: deleting a
+    version deletes its tags, so its events lose their anchors; they are reported valid but
+    ``(unanchored: version deleted)`` after their own checks. Pure: no I/O.
     """
     entries = [_inspect(path, raw) for path, raw in files]
     by_content: dict[str, list[_Entry]] = {}
@@ -385,10 +388,19 @@ def verify_events(
 
     # Events nothing anchors: duplicate deliveries, refused attempts, reconcile records.
     duplicates: list[_Entry] = []
+    unanchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
     for entry in entries:
         if entry.anchored or entry.event is None:
             continue
         twin = next((e for e in anchored_by_key.get(entry.key, ()) if _same_event(entry, e)), None)
+        if twin is None and entry.type in UNANCHORED_TYPES and entry.intact:
+            # two reconcilers recording one change: the same event, delivered twice
+            seen = unanchored_by_key.setdefault(entry.key, [])
+            twin = next((e for e in seen if _same_event(entry, e)), None)
+            if twin is None:
+                seen.append(entry)
+                entry.note = "(unanchored: it changes no tag)"
+                continue
         if twin is not None:
             entry.duplicate_of = twin.digest
             entry.note = f"(duplicate delivery of {twin.digest[:12]}, counted once)"
@@ -411,6 +423,11 @@ def verify_events(
                     entry.note = f"(anchored through the duplicate delivery {dup.digest[:12]})"
     for entry in entries:
         if entry.event is None or entry.anchored or entry.duplicate_of or entry.note:
+            continue
+        if entry.problems and entry.name_hash in reached:
+            continue  # a damaged copy of an anchored event: its own problem says enough
+        if live_versions is not None and entry.version not in (None, *live_versions):
+            entry.note = f"(unanchored: version {entry.version} was deleted, with its tags)"
             continue
         entry.problems.append(
             (
@@ -460,7 +477,11 @@ def verify_events(
     if version is not None:
         lines = [line for line in lines if line.version == version]
     unanchored = Counter(
-        line.type for line in lines if line.status == VALID and "(unanchored" in line.reason
+        line.type for line in lines if line.status == VALID and "changes no tag" in line.reason
+    )
+    orphaned = sorted(
+        {line.version for line in lines if "was deleted" in line.reason and line.version},
+        key=_version_order,
     )
     notes = []
     if unanchored:
@@ -468,6 +489,11 @@ def verify_events(
         notes.append(
             f"note: {what} event(s) change no tag, so nothing anchors them: deleting one of "
             "them cannot be detected here (see docs/audit.md, 'What verify cannot catch')"
+        )
+    if orphaned:
+        notes.append(
+            f"note: version(s) {', '.join(orphaned)} no longer exist; their events were checked "
+            "for integrity and links, but no tag anchors them any more"
         )
     lines.sort(
         key=lambda line: (
@@ -540,6 +566,8 @@ def _read_log(
     anchors = collect_anchors(name, versions)
     with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
         files = client.audit.read(name, tmp)
+    if not versions and not files:
+        _require_model(client, name)
     present = {hashlib.sha256(raw).hexdigest() for _, raw in files}
     later = _versions(client, name)
     for h, where in collect_anchors(name, later).items():
@@ -548,14 +576,33 @@ def _read_log(
     return files, anchors, later
 
 
+def _require_model(client: ApprovalClient, name: str) -> None:
+    """Raise ModelVersionNotFound when ``name`` is not a registered model (it has no log either:
+    a deleted model's log is still verified)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    from mlflow_approvals.errors import ModelVersionNotFound
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        raise ModelVersionNotFound(
+            f"registered model '{name}' does not exist and has no audit log: check the name"
+        ) from None
+
+
 def verify_model(client: ApprovalClient, name: str, version: str | None = None) -> VerifyReport:
     """Verify the audit log of model ``name`` (reporting one version's lines when given).
 
     Reads the model's versions (their fact tags) and downloads the log to a temporary folder;
     writes nothing to MLflow.
     """
-    files, anchors, _ = _read_log(client, name)
-    return verify_events(files, anchors, name=name, version=version)
+    files, anchors, versions = _read_log(client, name)
+    live = [str(mv.version) for mv in versions]
+    return verify_events(files, anchors, name=name, version=version, live_versions=live)
 
 
 # ---------------------------------------------------------------------------- export -----
@@ -570,13 +617,13 @@ def _time_key(event: Mapping[str, Any]) -> tuple[float, str, str]:
 
 
 def _ordered(
-    files: Sequence[tuple[str, bytes]], anchors: Mapping[str, Collection[str]]
+    files: Sequence[tuple[str, bytes]], report: VerifyReport
 ) -> list[tuple[dict[str, Any], ReportLine]]:
     """Every event that parses, one per CloudEvents (source, id), ordered by (time, id).
 
-    Of two deliveries of one event, the anchored one (else a valid one) is kept.
+    Of two deliveries of one event, the anchored one (else a valid one) is kept. ``report`` is
+    the verdict of :func:`verify_events` on the same files.
     """
-    report = verify_events(files, anchors)
     line_of = {(line.path, line.hash): line for line in report.events if line.path}
     best: dict[tuple[str, str], tuple[tuple[int, int, str], dict[str, Any], ReportLine]] = {}
     for path, raw in files:
@@ -637,11 +684,17 @@ def export_events(
     anchors: Mapping[str, Collection[str]],
     out: IO[str],
     format: str = "jsonl",
+    live_versions: Collection[str] | None = None,
 ) -> int:
-    """Write the trail to ``out``, ordered, one event per line; return how many were written."""
+    """Write the trail to ``out``, ordered, one event per line; return how many were written.
+
+    Every event that parses is written, the suspicious ones too (dropping evidence would be
+    worse); in ``jsonl`` each record says whether it verified. Run verify for the details.
+    """
     _check_format(format)
+    report = verify_events(files, anchors, live_versions=live_versions)
     count = 0
-    for event, line in _ordered(files, anchors):
+    for event, line in _ordered(files, report):
         if format == "cloudevents":
             out.write(canonical(event).decode() + "\n")
         else:
@@ -655,11 +708,12 @@ def export_model(
 ) -> int:
     """Write the whole audit trail of ``name`` to ``path`` (JSON Lines); return the count."""
     _check_format(format)
-    files, anchors, _ = _read_log(client, name)
+    files, anchors, versions = _read_log(client, name)
+    live = [str(mv.version) for mv in versions]
     target = Path(path)
     tmp = target.with_name(target.name + ".partial")
     with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-        count = export_events(files, anchors, out, format)
+        count = export_events(files, anchors, out, format, live)
     os.replace(tmp, target)
     return count
 
@@ -678,7 +732,7 @@ def _check_format(format: str) -> None:
 class Change:
     """A difference between what the audit log says and what the registry holds."""
 
-    what: Literal["stage", "alias", "tag"]
+    what: Literal["stage", "alias", "tag", "version"]
     version: str | None
     key: str | None  # the alias or the tag key; None for a stage
     expected: Any
@@ -688,6 +742,8 @@ class Change:
     def __str__(self) -> str:
         if self.what == "tag":
             return f"v{self.version} tag {self.key}: {self.actual}"
+        if self.what == "version":
+            return f"v{self.version}: the audit log has its history, the registry deleted it"
         head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
         return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
 
@@ -758,6 +814,8 @@ class _Expected:
     stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
     aliases: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # alias -> (v, basis)
     tags: set[tuple[str, str, str]] = field(default_factory=set)  # (version, key, value sha256)
+    known: set[str] = field(default_factory=set)  # versions the log has events of
+    deleted: set[str] = field(default_factory=set)  # versions recorded as deleted
 
 
 def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
@@ -766,10 +824,15 @@ def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
     for digest, event in events:
         kind = str(event.get("type", "")).removeprefix(TYPE_PREFIX)
         data = event.get("data") or {}
+        version = data.get("model", {}).get("version")
+        if version is not None and str(version).isdigit():
+            state.known.add(str(version))
         after = data.get("after")
         if not isinstance(after, dict):
             continue
-        version = data.get("model", {}).get("version")
+        if kind == "change.detected" and after.get("exists") is False:
+            state.deleted.add(str(version))
+            continue
         if kind in ("stage.transitioned", "version.archived") or (
             kind == "change.detected" and "stage" in after
         ):
@@ -832,29 +895,22 @@ def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
     registry has), which becomes the expected state, so it is reported once.
     """
     files, anchors, versions = _read_log(client, name)
-    report = verify_events(files, anchors)
-    valid = {(line.path, line.hash) for line in report.events if line.status == VALID}
-    kept: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-    heads: set[str] = set()
-    named: set[str] = set()
-    for path, raw in files:
-        digest = hashlib.sha256(raw).hexdigest()
-        if (path, digest) not in valid:
-            continue
-        event = parse_event(raw)
-        kept.setdefault((str(event["source"]), str(event["id"])), (digest, event))
-        named.update(event["data"].get("parents", []))
-        if str(event["type"]).endswith(".change.detected"):
-            heads.add(digest)
-    ordered = sorted(kept.values(), key=lambda pair: _time_key(pair[1]))
+    by_version = {str(mv.version): mv for mv in versions}
+    report = verify_events(files, anchors, live_versions=list(by_version))
+    ordered = [
+        (line.hash, event) for event, line in _ordered(files, report) if line.status == VALID
+    ]
     state = replay(ordered)
+    named = {p for _, event in ordered for p in event["data"].get("parents", [])}
+    heads = {h for h, event in ordered if event["type"] == TYPE_PREFIX + "change.detected"}
     heads -= named
 
-    by_version = {str(mv.version): mv for mv in versions}
     live_aliases = {
         str(a): str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()
     }
     found: list[tuple[Change, ModelVersion | None, str]] = []
+    for v in sorted(state.known - set(by_version) - state.deleted, key=int):
+        found.append((Change("version", v, None, "exists", "deleted"), None, "initial"))
     for v, mv in by_version.items():
         expected, basis = state.stages.get(v, ("None", "initial"))
         if mv.current_stage != expected:
@@ -907,6 +963,10 @@ def _record(
             f"alias @{change.key} moved from {change.expected or '(unset)'} to "
             f"{change.actual or '(unset)'} without an approval"
         )
+    elif change.what == "version":
+        before = {"version": change.version, "exists": True}
+        after = {"version": change.version, "exists": False}
+        comment = f"v{change.version} was deleted without an approval"
     else:
         value = ((mv.tags or {}) if mv is not None else {}).get(str(change.key), "")
         before = {"tag": change.key, "value": None}

@@ -1,0 +1,405 @@
+"""How long verifying a 10,000-event audit log takes, and the audit log's share of round trips.
+
+Usage::
+
+    .venv/bin/python benchmarks/audit_verify.py [--events N] [--tracking-uri URI] [--no-server]
+
+1. Verify. On a local ``sqlite:///`` registry in a temporary folder, a model with 200 versions
+   gets ``--events`` events (default 10,000): on each version, requests of five events each
+   (request, three sign-offs, the apply), with the parents and the fact tags a real run writes
+   (every event anchored in its fact, every event naming the version's anchored hashes it
+   would have seen). Going through ``ApprovalClient`` would spend minutes on 10,000 tag writes,
+   so the event files are written straight into the audit run's artifact folder and the fact
+   tags inserted into the registry's tag table in one transaction; what is timed is the read
+   side. Timed: ``verify_events`` on the bytes (the pure checks), and
+   ``ApprovalClient.verify_audit`` end to end (the registry search, copying the files out of the
+   artifact store, the checks). Best of three.
+2. Round trips. Through a real ``mlflow server`` (started on a free loopback port unless
+   ``--tracking-uri`` names one), one full two-level cycle under the test policy (alice
+   requests Production; bob and carol sign level 1; dave signs level 2, which applies it) is
+   counted by wrapping ``requests.adapters.HTTPAdapter.send``. Requests are classified by URL:
+   artifact uploads and downloads (``/mlflow-artifacts/``) and experiment/run calls are the
+   audit log's; model-version and registered-model calls are the registry's. Counted twice:
+   cold (four new clients, first events of a new model) and warm (the same clients, the next
+   version). ``verify_audit`` of that model is counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+# The test policy of tests/conftest.py (copied: benchmarks do not import the tests).
+POLICY: dict[str, Any] = {
+    "roles": {
+        "data-scientist": ["alice", "bob"],
+        "ml-engineer": ["carol", "erin"],
+        "business-owner": ["dave", "frank"],
+        "admin": ["root"],
+    },
+    "admins": ["admin"],
+    "rules": [
+        {
+            "name": "production",
+            "models": ["fraud-*"],
+            "stages": ["Production"],
+            "aliases": ["champion"],
+            "levels": [
+                [{"role": "data-scientist", "count": 1}, {"role": "ml-engineer", "count": 1}],
+                [{"role": "business-owner", "count": 1}],
+            ],
+            "expires_after": "7d",
+        }
+    ],
+    "default": "allow",
+}
+VERSIONS = 200
+SIGNERS = (("bob", "data-scientist", 1), ("carol", "ml-engineer", 1), ("dave", "business-owner", 2))
+
+
+def quiet() -> None:
+    warnings.simplefilter("ignore")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+
+
+# -- 1. verifying 10,000 events ----------------------------------------------------------------
+class LogWriter:
+    """Writes events of one model straight into its audit run's artifact folder."""
+
+    def __init__(self, name: str, root: Path, policy_hash: str) -> None:
+        self.name, self.root, self.policy_hash = name, root, policy_hash
+        self.clock = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        self.written = 0
+
+    def emit(
+        self, version: str, rid: str, parents: list[str], kind: str, actor: str, **kw: Any
+    ) -> tuple[str, datetime]:
+        """Write one event as the client would; return its hash and time."""
+        from mlflow_approvals.audit import canonical, event_hash, event_path, make_event
+
+        self.clock += timedelta(milliseconds=7)
+        event = make_event(
+            type=kind,
+            name=self.name,
+            version=version,
+            actor=actor,
+            request_id=rid,
+            policy_hash=self.policy_hash,
+            rule="production",
+            run_id=None,
+            source="s3://bench/model",
+            parents=parents,
+            time=self.clock,
+            **kw,
+        )
+        digest = event_hash(event)
+        path = self.root / event_path(event, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(canonical(event))
+        self.written += 1
+        return digest, self.clock
+
+
+def build_log(uri: str, db: Path, events: int) -> tuple[str, int]:
+    """Register a model and write ``events`` audit events plus their anchors; return its name."""
+    from mlflow import MlflowClient
+
+    from mlflow_approvals import tags as T
+    from mlflow_approvals.audit import AuditStore, deterministic_id
+    from mlflow_approvals.lifecycle import Ending, RequestRecord, Requirement, SignOff, Target
+    from mlflow_approvals.policy import load_policy
+
+    client = MlflowClient(uri, uri)
+    name = f"fraud-bench-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    for _ in range(VERSIONS):
+        client.create_model_version(name, "s3://bench/model", run_id=None)
+    run_id = AuditStore(client).run_ids(name)[0]
+    root = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    policy_hash = load_policy(POLICY).content_hash
+    log = LogWriter(name, root, policy_hash)
+    levels = (
+        (Requirement("data-scientist", 1), Requirement("ml-engineer", 1)),
+        (Requirement("business-owner", 1),),
+    )
+    target = Target("stage", "Production", "set")
+    stages = {"before": {"stage": "None"}, "after": {"stage": "Production"}}
+    tags: list[tuple[str, str, str, int]] = []
+    anchored: dict[str, list[str]] = {}  # version -> the hashes its fact tags hold
+    for i in range(max(1, events // 5)):
+        version = str(i % VERSIONS + 1)
+        seen = anchored.setdefault(version, [])
+        rid = uuid.uuid4().hex[:12]
+        change = {k: {**v, "version": version} for k, v in stages.items()}
+        h, t = log.emit(version, rid, seen, "request.created", "alice", comment="go", **change)
+        record = RequestRecord(
+            rid,
+            name,
+            version,
+            target,
+            "alice",
+            t,
+            "go",
+            "production",
+            levels,
+            True,
+            None,
+            policy_hash,
+            h,
+        )
+        rows = [(T.request_key(rid), T.encode_request(record))]
+        seen.append(h)
+        for actor, role, level in SIGNERS:
+            extra = {"role": role, "level": level}
+            h, t = log.emit(version, rid, seen, "signoff.approved", actor, extra=extra)
+            signoff = SignOff(actor, "approve", role, level, None, t, actor, h)
+            rows.append((T.signoff_key(rid, actor), T.encode_signoff(signoff)))
+            seen.append(h)
+        applied = deterministic_id(rid, "applied")
+        h, t = log.emit(
+            version, rid, seen, "stage.transitioned", "dave", event_id=applied, **change
+        )
+        rows.append((T.applied_key(rid), T.encode_ending(Ending("dave", t, None, h))))
+        seen.append(h)
+        tags += [(k, v, name, int(version)) for k, v in rows]
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO model_version_tags (key, value, name, version) VALUES (?, ?, ?, ?)",
+            tags,
+        )
+    return name, log.written
+
+
+def bench_verify(events: int) -> dict[str, Any]:
+    from mlflow_approvals import ApprovalClient
+    from mlflow_approvals.verify import _read_log, verify_events
+
+    with tempfile.TemporaryDirectory(prefix="audit-verify-bench-") as tmp:
+        db = Path(tmp) / "registry.db"
+        uri = f"sqlite:///{db}"
+        t0 = time.perf_counter()
+        name, written = build_log(uri, db, events)
+        built = time.perf_counter() - t0
+        client = ApprovalClient(uri, uri, policy=POLICY, actor="auditor")
+        files, anchors, versions = _read_log(client, name)
+        live = [str(mv.version) for mv in versions]
+        pure, full = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            report = verify_events(files, anchors, live_versions=live)
+            pure.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            end_to_end = client.verify_audit(name)
+            full.append(time.perf_counter() - t0)
+        return {
+            "events": written,
+            "anchors": len(anchors),
+            "build_s": built,
+            "pure_s": min(pure),
+            "full_s": min(full),
+            "summary": end_to_end.summary,
+            "ok": report.ok and end_to_end.ok,
+        }
+
+
+# -- 2. round trips through a real server ------------------------------------------------------
+class Recorder:
+    """Counts every HTTP request sent through ``requests`` while installed."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self._send = HTTPAdapter.send
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[list[tuple[str, str]]]:
+        original = self._send
+        calls: list[tuple[str, str]] = []
+
+        def send(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append((str(request.method), urlsplit(str(request.url)).path))
+            return original(adapter, request, *args, **kwargs)
+
+        HTTPAdapter.send = send  # type: ignore[method-assign]
+        try:
+            yield calls
+        finally:
+            HTTPAdapter.send = original  # type: ignore[method-assign]
+
+
+def kind_of(path: str) -> str:
+    """``audit`` (artifacts, experiments, runs), ``registry`` (models, versions) or ``other``."""
+    if "/mlflow-artifacts/" in path or "/mlflow/experiments/" in path or "/mlflow/runs/" in path:
+        return "audit"
+    if "/registered-models/" in path or "/model-versions/" in path:
+        return "registry"
+    return "other"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (sqlite backend) on a free loopback port, in its own group."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+
+
+def register(uri: str, count: int) -> tuple[str, list[str]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    name = f"fraud-bench-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    exp = client.get_experiment_by_name("bench-models")
+    exp_id = exp.experiment_id if exp else client.create_experiment("bench-models")
+    versions = []
+    for _ in range(count):
+        run = client.create_run(exp_id)
+        client.log_text(run.info.run_id, "artifact_path: model\n", "model/MLmodel")
+        mv = client.create_model_version(
+            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        )
+        versions.append(str(mv.version))
+    return name, versions
+
+
+def bench_round_trips(uri: str) -> dict[str, Counter[str]]:
+    from mlflow_approvals import ApprovalClient
+
+    name, (v1, v2) = register(uri, 2)
+    rec = Recorder()
+    results: dict[str, Counter[str]] = {}
+    clients = {
+        a: ApprovalClient(uri, uri, policy=POLICY, actor=a)
+        for a in ("alice", "bob", "carol", "dave")
+    }
+    for label, version in (("cold", v1), ("warm", v2)):
+        with rec.counting() as calls:
+            clients["alice"].request_transition(name, version, "Production")
+            for actor in ("bob", "carol", "dave"):
+                clients[actor].approve(name, version)
+        assert clients["alice"].get_request(name, version).status.value == "applied"
+        results[label] = Counter(kind_of(path) for _, path in calls)
+    auditor = ApprovalClient(uri, uri, policy=POLICY, actor="auditor")
+    with rec.counting() as calls:
+        report = auditor.verify_audit(name)
+    assert report.ok, report
+    results["verify"] = Counter(kind_of(path) for _, path in calls)
+    results["verify"]["events"] = report.total
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--tracking-uri", help="an existing mlflow server (else one is started)")
+    parser.add_argument("--no-server", action="store_true", help="skip the round-trip count")
+    args = parser.parse_args()
+    quiet()
+
+    v = bench_verify(args.events)
+    print(
+        f"verify: {v['events']:,} events on {VERSIONS} versions, {v['anchors']:,} anchors "
+        f"(built in {v['build_s']:.1f} s)"
+    )
+    print(
+        f"  checks only (verify_events):        {v['pure_s']:6.2f} s  "
+        f"({v['pure_s'] / v['events'] * 1e6:.0f} us/event)"
+    )
+    print(f"  end to end (verify_audit, sqlite):  {v['full_s']:6.2f} s  -> {v['summary']}")
+    if not v["ok"]:
+        raise SystemExit("the generated log did not verify")
+    if args.no_server:
+        return
+
+    def report(uri: str) -> None:
+        r = bench_round_trips(uri)
+        print(f"round trips through a real mlflow server ({uri}):")
+        for label in ("cold", "warm"):
+            c = r[label]
+            total = sum(c.values())
+            print(
+                f"  one two-level cycle, {label}: {total} requests, audit {c['audit']} "
+                f"({c['audit'] / total:.0%}), registry {c['registry']}, other {c['other']}"
+            )
+        c = r["verify"]
+        print(
+            f"  verify_audit of that model ({c['events']} events): "
+            f"{c['audit'] + c['registry'] + c['other']} requests "
+            f"(audit {c['audit']}, registry {c['registry']})"
+        )
+
+    if args.tracking_uri:
+        report(args.tracking_uri)
+    else:
+        with (
+            tempfile.TemporaryDirectory(prefix="audit-bench-server-") as tmp,
+            mlflow_server(Path(tmp)) as uri,
+        ):
+            report(uri)
+
+
+if __name__ == "__main__":
+    main()
