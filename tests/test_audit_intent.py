@@ -148,9 +148,15 @@ def test_unreachable_store_on_a_real_server_blocks_the_apply(
         artifact_location="http://127.0.0.1:9/audit",
     )
     append = healthy.append
+    write_nowhere = unreachable.append
 
-    def append_then_lose_the_store(event: Any) -> str:
-        digest = append(event)  # the sign-off's event is written...
+    def lost_store(event: Any, run_id: str | None = None) -> str:
+        # the request's audit run no longer answers: write where nothing listens
+        return write_nowhere(event)
+
+    def append_then_lose_the_store(event: Any, run_id: str | None = None) -> str:
+        digest = append(event, run_id=run_id)  # the sign-off's event is written...
+        unreachable.append = lost_store  # type: ignore[method-assign]
         dave.audit = unreachable  # ...then the store is gone before the apply's event
         return digest
 

@@ -40,7 +40,8 @@ from mlflow_approvals.client import ApprovalClient
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_POLICY = ROOT / "examples" / "policy.yaml"
 REQUEST_KEYS = {
-    "id", "name", "version", "target", "status", "requester", "created_at", "expires_at",
+    "id", "name", "version", "target", "status", "requester", "requester_display_name",
+    "created_at", "expires_at",
     "comment", "rule", "levels", "open_level", "missing", "signoffs", "cancelled", "applied",
 }  # fmt: skip
 SIGNOFF_KEYS = {"actor", "display_name", "decision", "role", "level", "meaning", "comment", "time"}

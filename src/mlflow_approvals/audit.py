@@ -221,25 +221,33 @@ class AuditStore:
         return [r.info.run_id for r in ordered]
 
     # -- writing ---------------------------------------------------------------------------
-    def append(self, event: Mapping[str, Any]) -> str:
+    def writer_run(self, name: str) -> str:
+        """The audit run new events of model ``name`` go to (the oldest; created if none).
+
+        Raises ``AuditUnavailable`` when the audit experiment or run cannot be reached.
+        """
+        try:
+            return self.run_ids(name)[0]
+        except Exception as exc:
+            raise _unavailable(name, exc) from exc
+
+    def append(self, event: Mapping[str, Any], run_id: str | None = None) -> str:
         """Write one event as its own artifact file; return its hash.
 
-        Raises ``AuditUnavailable`` when the artifact store cannot be written: the caller must
-        then not make the change the event records.
+        ``run_id`` names the audit run when the caller already knows it (a request records its
+        audit run, so each signer skips the look-up). Raises ``AuditUnavailable`` when the
+        artifact store cannot be written: the caller must then not make the change the event
+        records.
         """
         digest = event_hash(event)
         name = event["data"]["model"]["name"]
         try:
-            run_id = self.run_ids(name)[0]
+            run_id = run_id or self.writer_run(name)
             self._client.log_text(run_id, canonical(event).decode(), event_path(event, digest))
         except Exception as exc:
-            from mlflow_approvals.errors import AuditUnavailable
-
-            raise AuditUnavailable(
-                f"the audit log of '{name}' could not be written ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); nothing was changed. Check the audit artifact store "
-                "(its location and permissions) and try again."
-            ) from exc
+            if type(exc).__name__ == "AuditUnavailable":
+                raise
+            raise _unavailable(name, exc) from exc
         return digest
 
     # -- reading ---------------------------------------------------------------------------
@@ -276,6 +284,16 @@ class AuditStore:
         if parsed.scheme == "" and os.path.isabs(uri):
             return Path(uri) / "events"
         return None
+
+
+def _unavailable(name: str, exc: Exception) -> Exception:
+    from mlflow_approvals.errors import AuditUnavailable
+
+    return AuditUnavailable(
+        f"the audit log of '{name}' could not be written ({type(exc).__name__}: "
+        f"{str(exc)[:300]}); nothing was changed. Check the audit artifact store "
+        "(its location and permissions) and try again."
+    )
 
 
 def parse_event(raw: bytes) -> dict[str, Any]:

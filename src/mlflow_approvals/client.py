@@ -262,7 +262,7 @@ class ApprovalClient(MlflowClient):
             after={"status": "cancelled"},
             time=now,
         )
-        ending = Ending(self.actor, now, comment, digest)
+        ending = Ending(self.actor, now, comment, digest, self.display_name)
         self._write_tag(name, version, T.cancel_key(request.id), T.encode_ending(ending))
         facts.cancelled[request.id] = ending
         self._settle_index(mv, facts)
@@ -486,7 +486,7 @@ class ApprovalClient(MlflowClient):
             time=time,
             extra=extra,
         )
-        return self.audit.append(event)
+        return self.audit.append(event, run_id=record.audit_run if record else None)
 
     def _deny(
         self,
@@ -573,6 +573,8 @@ class ApprovalClient(MlflowClient):
             separation_of_duties=rule.separation_of_duties,
             expires_at=None if rule.expires_after is None else now + rule.expires_after,
             policy_hash=self.policy.content_hash,
+            requester_name=self.display_name,
+            audit_run=self.audit.writer_run(name),
         )
         digest = self._emit(
             mv,
@@ -726,7 +728,7 @@ class ApprovalClient(MlflowClient):
             Status.APPLIED,
             None,
             (),
-            applied=Ending(self.actor, now, "not gated by the policy"),
+            applied=Ending(self.actor, now, "not gated by the policy", None, self.display_name),
         )
 
     def _apply(
@@ -797,7 +799,7 @@ class ApprovalClient(MlflowClient):
                 except MlflowException as exc:  # deleted meanwhile by a concurrent applier
                     if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
                         raise
-        ending = Ending(self.actor, now, None, digest)
+        ending = Ending(self.actor, now, None, digest, self.display_name)
         if not self._write_shared_fact(mv, T.applied_key(request.id), T.encode_ending(ending)):
             _, facts = self._read(name, version)  # a concurrent applier's fact stands
         else:

@@ -104,6 +104,7 @@ class Ending:
     time: datetime
     comment: str | None = None
     event: str | None = None
+    display_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class RequestRecord:
     expires_at: datetime | None
     policy_hash: str
     event: str | None = None
+    requester_name: str | None = None  # the printed name recorded with the request
+    audit_run: str | None = None  # the audit run its events go to (saves each signer a look-up)
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class ApprovalRequest:
             },
             "status": self.status.value,
             "requester": self.requester,
+            "requester_display_name": self.record.requester_name or self.requester,
             "created_at": ts(self.created_at),
             "expires_at": ts(self.expires_at),
             "comment": self.comment,
@@ -250,12 +254,17 @@ class ApprovalRequest:
             if self.cancelled is None
             else {
                 "actor": self.cancelled.actor,
+                "display_name": self.cancelled.display_name or self.cancelled.actor,
                 "time": ts(self.cancelled.time),
                 "comment": self.cancelled.comment,
             },
             "applied": None
             if self.applied is None
-            else {"actor": self.applied.actor, "time": ts(self.applied.time)},
+            else {
+                "actor": self.applied.actor,
+                "display_name": self.applied.display_name or self.applied.actor,
+                "time": ts(self.applied.time),
+            },
         }
 
 

@@ -110,6 +110,8 @@ def encode_request(r: RequestRecord) -> str:
             "expires_at": None if r.expires_at is None else _ts(r.expires_at),
             "policy_hash": r.policy_hash,
             "event": r.event,
+            "requester_name": r.requester_name,
+            "audit_run": r.audit_run,
         }
     )
 
@@ -134,6 +136,8 @@ def decode_request(name: str, version: str, value: str) -> RequestRecord:
         expires_at=None if d.get("expires_at") is None else _parse_ts(d["expires_at"]),
         policy_hash=d["policy_hash"],
         event=d.get("event"),
+        requester_name=d.get("requester_name"),
+        audit_run=d.get("audit_run"),
     )
 
 
@@ -167,12 +171,22 @@ def decode_signoff(value: str) -> SignOff:
 
 
 def encode_ending(e: Ending) -> str:
-    return _dump({"actor": e.actor, "time": _ts(e.time), "comment": e.comment, "event": e.event})
+    return _dump(
+        {
+            "actor": e.actor,
+            "display_name": e.display_name,
+            "time": _ts(e.time),
+            "comment": e.comment,
+            "event": e.event,
+        }
+    )
 
 
 def decode_ending(value: str) -> Ending:
     d = json.loads(value)
-    return Ending(d["actor"], _parse_ts(d["time"]), d.get("comment"), d.get("event"))
+    return Ending(
+        d["actor"], _parse_ts(d["time"]), d.get("comment"), d.get("event"), d.get("display_name")
+    )
 
 
 class VersionFacts:
