@@ -138,12 +138,26 @@ def test_deleting_an_approved_version_is_reported_with_its_alias(local):
     assert any("no longer exist" in note for note in verified.notes)
 
 
-def test_ungated_change_through_approval_client_is_reported(local):
-    """A target no rule gates changes at once without an approval: reconcile reports it."""
+def test_ungated_change_is_recorded_but_not_a_bypass(local):
+    """A change to a target no rule gates is reported and recorded, but leaves the report ok."""
     name, (v,) = local.model()
     local.as_("alice").transition_model_version_stage(name, v, "Staging")
-    (change,) = local.as_("auditor").reconcile(name).changes
-    assert (change.expected, change.actual) == ("None", "Staging")
+    report = local.as_("auditor").reconcile(name)
+    (change,) = report.changes
+    assert (change.expected, change.actual, change.gated) == ("None", "Staging", False)
+    assert report.ok
+    assert "1 ungated change recorded" in report.summary
+    assert report.lines[0].startswith("UNGATED")
+
+
+def test_gated_change_around_the_gate_is_a_bypass(local):
+    """A plain MlflowClient moving a version to a gated stage makes the report not ok."""
+    name, (v,) = local.model()
+    local.plain.transition_model_version_stage(name, v, "Production")
+    report = local.as_("auditor").reconcile(name)
+    (change,) = report.changes
+    assert change.gated and not report.ok
+    assert report.lines[0].startswith("CHANGED")
 
 
 def test_forged_reserved_tag_is_reported_once(local):
@@ -196,5 +210,5 @@ def test_report_to_dict_has_a_stable_shape(local):
         "changes",
     }
     (change,) = data["changes"]
-    assert set(change) == {"what", "version", "key", "expected", "actual", "event"}
+    assert set(change) == {"what", "version", "key", "expected", "actual", "event", "gated"}
     json.dumps(data)

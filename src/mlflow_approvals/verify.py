@@ -738,6 +738,8 @@ class Change:
     expected: Any
     actual: Any
     event: str | None = None  # hash of the change.detected event that records it
+    # False for a stage or alias the policy does not gate: recorded, but no approval was needed
+    gated: bool = True
 
     def __str__(self) -> str:
         if self.what == "tag":
@@ -755,6 +757,7 @@ class Change:
             "expected": self.expected,
             "actual": self.actual,
             "event": self.event,
+            "gated": self.gated,
         }
 
 
@@ -774,23 +777,31 @@ class ReconcileReport:
     log_ok: bool = True
 
     @property
+    def bypassed(self) -> tuple[Change, ...]:
+        """The changes that needed an approval under the policy and did not get one."""
+        return tuple(c for c in self.changes if c.gated)
+
+    @property
     def ok(self) -> bool:
-        return not self.changes
+        return not self.bypassed
 
     @property
     def summary(self) -> str:
-        n = len(self.changes)
+        n = len(self.bypassed)
         text = (
             f"{n} {'change' if n == 1 else 'changes'} outside the approval gate "
             f"({self.versions_checked} versions checked against {self.events_replayed} events)"
         )
+        ungated = len(self.changes) - n
+        if ungated:
+            text += f"; {ungated} ungated {'change' if ungated == 1 else 'changes'} recorded"
         if not self.log_ok:
             text += "; the audit log does not verify: run verify_audit"
         return text
 
     @property
     def lines(self) -> list[str]:
-        return [f"CHANGED  {c}" for c in self.changes]
+        return [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
 
     def __str__(self) -> str:
         return "\n".join([*self.lines, self.summary])
@@ -934,10 +945,21 @@ def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
 
     recorded: list[Change] = []
     for change, held_by, basis in found:
+        change = Change(**{**change.__dict__, "gated": _is_gated(client, name, change)})
         digest = _record(client, name, change, held_by, basis, anchors, heads)
         heads = {digest}
         recorded.append(Change(**{**change.__dict__, "event": digest}))
     return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
+
+
+def _is_gated(client: ApprovalClient, name: str, change: Change) -> bool:
+    """Would the policy have asked for an approval of this change? Tags and deletions: always."""
+    policy = client.policy
+    if change.what == "stage":
+        return policy.match(name, "stage", str(change.actual)) is not None
+    if change.what == "alias":
+        return policy.match(name, "alias", str(change.key)) is not None
+    return True
 
 
 def _record(
