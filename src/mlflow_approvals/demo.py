@@ -69,10 +69,12 @@ def _register(client: Any, root: Path, name: str) -> str:
 
 def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = None) -> int:
     """Tell the story; return 0 when every step behaved as described, else 1."""
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from mlflow_approvals.client import ApprovalClient
     from mlflow_approvals.errors import ApprovalPending, NotAuthorized
+
+    # after the import: MLflow configures its own logger (INFO) when it is first imported
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
 
     root = Path(tempfile.mkdtemp(prefix="mlflow-approvals-demo-"))
     uri = tracking_uri or f"sqlite:///{root / 'registry.db'}"
