@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from conftest import register_versions, unique_name
 from mlflow_approvals import ApprovalClient, InvalidRequest, NotAuthorized
 from mlflow_approvals.audit import DEFAULT_EXPERIMENT, MODEL_TAG, TYPE_PREFIX, canonical
+from mlflow_approvals.lifecycle import format_history
 from mlflow_approvals.tags import PREFIX
-from mlflow_approvals.verify import format_history
 
 ENVELOPE = ("specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data")
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -302,13 +302,15 @@ def test_signoff_history_shows_printed_name_time_and_meaning(local):
     ]
     assert all(TIME.match(s["time"]) for s in view)
     history = format_history(request)
+    assert history == request.history()
     assert len(history) == 5
+    assert "  Alice Adams (alice)  request for stage Production" in history[0]
     assert re.match(
         r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  Dave Example \(dave\)  "
         r'approval as business-owner \(level 2\): "go"$',
         history[3],
     )
-    assert history[4].endswith("application")
+    assert history[4].endswith("Dave Example (dave)  application")
 
 
 # -- export ----------------------------------------------------------------------------------

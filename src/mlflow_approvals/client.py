@@ -49,7 +49,8 @@ from mlflow_approvals.lifecycle import (
 from mlflow_approvals.policy import Policy, Rule, canonical_stage, load_policy, policy_from_env
 
 if TYPE_CHECKING:
-    from mlflow_approvals.verify import ReconcileReport, VerifyReport
+    from mlflow_approvals.reconcile import ReconcileReport
+    from mlflow_approvals.verify import VerifyReport
 
 _log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[\w\-]{1,255}$")
@@ -339,13 +340,13 @@ class ApprovalClient(MlflowClient):
 
     def export_audit(self, name: str, path: str | os.PathLike[str], format: str = "jsonl") -> int:
         """Write the audit trail of ``name``, ordered, one event per line; return the count."""
-        from mlflow_approvals.verify import export_model
+        from mlflow_approvals.export import export_model
 
         return export_model(self, name, path, format)
 
     def reconcile(self, name: str) -> ReconcileReport:
         """Report (and audit) every stage or alias change of ``name`` that bypassed the gate."""
-        from mlflow_approvals.verify import reconcile_model
+        from mlflow_approvals.reconcile import reconcile_model
 
         return reconcile_model(self, name)
 

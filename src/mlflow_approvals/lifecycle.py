@@ -203,6 +203,10 @@ class ApprovalRequest:
     def is_open(self) -> bool:
         return self.status.is_open
 
+    def history(self) -> list[str]:
+        """The filing, each sign-off and the ending, one human-readable line each (§11.50)."""
+        return format_history(self)
+
     def describe(self) -> str:
         """One line: what is asked, and where it stands."""
         head = f"request {self.id}: {self.name} v{self.version} -> {self.record.target}"
@@ -266,6 +270,44 @@ class ApprovalRequest:
                 "time": ts(self.applied.time),
             },
         }
+
+
+def _printed(actor: str, display_name: str | None) -> str:
+    printed = display_name or actor
+    return printed if printed == actor else f"{printed} ({actor})"
+
+
+def format_history(request: ApprovalRequest) -> list[str]:
+    """The request's history in human-readable form (21 CFR Part 11 §11.50).
+
+    One line for the filing, each sign-off, and the ending: the date and time (UTC), the
+    printed name (with the user id when they differ), the meaning, and the comment.
+    """
+
+    def ts(t: datetime) -> str:
+        return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def said(comment: str | None) -> str:
+        return f': "{comment}"' if comment else ""
+
+    record = request.record
+    rows = [
+        f"{ts(record.created_at)}  {_printed(record.requester, record.requester_name)}  "
+        f"request for {record.target}{said(record.comment)}"
+    ]
+    for s in request.signoffs:
+        rows.append(
+            f"{ts(s.time)}  {_printed(s.actor, s.display_name)}  {s.meaning}{said(s.comment)}"
+        )
+    for label, ending in (
+        ("cancellation", request.cancelled),
+        ("expiry", request.expired),
+        ("application", request.applied),
+    ):
+        if ending is not None:
+            who = _printed(ending.actor, ending.display_name)
+            rows.append(f"{ts(ending.time)}  {who}  {label}{said(ending.comment)}")
+    return rows
 
 
 def utcnow() -> datetime:
@@ -475,6 +517,7 @@ __all__ = [
     "decide_signoff",
     "derive",
     "eligible_signers",
+    "format_history",
     "level_progress",
     "utcnow",
 ]

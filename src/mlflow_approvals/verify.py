@@ -16,33 +16,28 @@ writer saw, and every fact tag of a model version holds the hash of the event th
   they are valid but marked ``(unanchored)``; two files carrying the same CloudEvents id are
   two deliveries of one event, counted once.
 
-:func:`verify_events` is the pure core (bytes and hashes in, a report out); :func:`verify_model`,
-:func:`export_model` and :func:`reconcile_model` read the registry and the log through an
-``ApprovalClient``. Verifying and exporting write nothing to MLflow; reconciling writes only
-audit events (``change.detected``).
+:func:`verify_events` is the pure core (bytes and hashes in, a report out); :func:`verify_model`
+reads the registry and the log through an ``ApprovalClient`` and writes nothing. Exporting
+(:mod:`mlflow_approvals.export`) and reconciling (:mod:`mlflow_approvals.reconcile`) build on
+the reading and ordering helpers here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import (
     TYPE_PREFIX,
     canonical,
-    deterministic_id,
     event_path,
-    make_event,
     parse_event,
 )
 
@@ -50,18 +45,11 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from mlflow_approvals.client import ApprovalClient
-    from mlflow_approvals.lifecycle import ApprovalRequest
 
 __all__ = [
-    "Change",
-    "ReconcileReport",
     "ReportLine",
     "VerifyReport",
     "collect_anchors",
-    "export_events",
-    "export_model",
-    "format_history",
-    "reconcile_model",
     "verify_events",
     "verify_model",
 ]
@@ -85,7 +73,6 @@ UNANCHORED_TYPES = frozenset({"attempt.denied", "change.detected"})
 _PLURALS = {"broken link": "broken links", "hash mismatch": "hash mismatches"}
 SYSTEM_ACTOR = "mlflow-approvals"
 SYSTEM_DISPLAY_NAME = "mlflow-approvals (system)"
-EXPORT_FORMATS = ("jsonl", "cloudevents")
 
 _NAME = re.compile(r"^(?P<stamp>[0-9]{8}T[0-9]+Z)-(?P<hash>[0-9a-f]{64})\.json$")
 _VERSION_FOLDER = re.compile(r"^events/v(?P<version>[^/]+)/")
@@ -605,7 +592,7 @@ def verify_model(client: ApprovalClient, name: str, version: str | None = None) 
     return verify_events(files, anchors, name=name, version=version, live_versions=live)
 
 
-# ---------------------------------------------------------------------------- export -----
+# ---------------------------------------------------------------------------- ordering ---
 def _time_key(event: Mapping[str, Any]) -> tuple[float, str, str]:
     """Order by (time, id); an unparsable time sorts last."""
     text = str(event.get("time", ""))
@@ -644,416 +631,3 @@ def _ordered(
             best[key] = (rank, event, line)
     chosen = [(event, line) for _, event, line in best.values()]
     return sorted(chosen, key=lambda pair: _time_key(pair[0]))
-
-
-def flatten(event: Mapping[str, Any], line: ReportLine | None = None) -> dict[str, Any]:
-    """One flat audit record (the ``jsonl`` export format) from a stored event."""
-    data = dict(event.get("data") or {})
-    actor = data.pop("actor", None) or {}
-    policy = data.pop("policy", None) or {}
-    model = data.pop("model", None) or {}
-    kind = str(event.get("type", ""))
-    record: dict[str, Any] = {
-        "time": event.get("time"),
-        "id": event.get("id"),
-        "type": kind[len(TYPE_PREFIX) :] if kind.startswith(TYPE_PREFIX) else kind,
-        "subject": event.get("subject"),
-        "model": model.get("name"),
-        "version": model.get("version"),
-        "actor": actor.get("id"),
-        "display_name": actor.get("display_name"),
-        "meaning": data.pop("meaning", None),
-        "comment": data.pop("comment", None),
-        "before": data.pop("before", None),
-        "after": data.pop("after", None),
-        "request_id": data.pop("request_id", None),
-        "policy_hash": policy.get("hash"),
-        "rule": policy.get("rule"),
-        "run_id": model.get("run_id"),
-        "source": model.get("source"),
-        "parents": data.pop("parents", []),
-        "details": data,  # the rest: role, level, target, attempted, ...
-        "hash": None if line is None else line.hash,
-        "verified": None if line is None else line.status == VALID,
-    }
-    return record
-
-
-def export_events(
-    files: Sequence[tuple[str, bytes]],
-    anchors: Mapping[str, Collection[str]],
-    out: IO[str],
-    format: str = "jsonl",
-    live_versions: Collection[str] | None = None,
-) -> int:
-    """Write the trail to ``out``, ordered, one event per line; return how many were written.
-
-    Every event that parses is written, the suspicious ones too (dropping evidence would be
-    worse); in ``jsonl`` each record says whether it verified. Run verify for the details.
-    """
-    _check_format(format)
-    report = verify_events(files, anchors, live_versions=live_versions)
-    count = 0
-    for event, line in _ordered(files, report):
-        if format == "cloudevents":
-            out.write(canonical(event).decode() + "\n")
-        else:
-            out.write(json.dumps(flatten(event, line), sort_keys=True, ensure_ascii=False) + "\n")
-        count += 1
-    return count
-
-
-def export_model(
-    client: ApprovalClient, name: str, path: str | os.PathLike[str], format: str = "jsonl"
-) -> int:
-    """Write the whole audit trail of ``name`` to ``path`` (JSON Lines); return the count."""
-    _check_format(format)
-    files, anchors, versions = _read_log(client, name)
-    live = [str(mv.version) for mv in versions]
-    target = Path(path)
-    tmp = target.with_name(target.name + ".partial")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-        count = export_events(files, anchors, out, format, live)
-    os.replace(tmp, target)
-    return count
-
-
-def _check_format(format: str) -> None:
-    if format not in EXPORT_FORMATS:
-        from mlflow_approvals.errors import InvalidRequest
-
-        raise InvalidRequest(
-            f"unknown export format {format!r}: use {' or '.join(map(repr, EXPORT_FORMATS))}"
-        )
-
-
-# ---------------------------------------------------------------------------- reconcile --
-@dataclass(frozen=True)
-class Change:
-    """A difference between what the audit log says and what the registry holds."""
-
-    what: Literal["stage", "alias", "tag", "version"]
-    version: str | None
-    key: str | None  # the alias or the tag key; None for a stage
-    expected: Any
-    actual: Any
-    event: str | None = None  # hash of the change.detected event that records it
-    # False for a stage or alias the policy does not gate: recorded, but no approval was needed
-    gated: bool = True
-
-    def __str__(self) -> str:
-        if self.what == "tag":
-            return f"v{self.version} tag {self.key}: {self.actual}"
-        if self.what == "version":
-            return f"v{self.version}: the audit log has its history, the registry deleted it"
-        head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
-        return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "what": self.what,
-            "version": self.version,
-            "key": self.key,
-            "expected": self.expected,
-            "actual": self.actual,
-            "event": self.event,
-            "gated": self.gated,
-        }
-
-
-@dataclass(frozen=True)
-class ReconcileReport:
-    """Every change of a model's stages, aliases or reserved tags that bypassed the gate.
-
-    Each change was recorded as a ``change.detected`` audit event, so the next reconcile does
-    not report it again. ``log_ok`` is false when the log itself did not verify (only its
-    valid events were replayed).
-    """
-
-    name: str
-    changes: tuple[Change, ...]
-    versions_checked: int
-    events_replayed: int
-    log_ok: bool = True
-
-    @property
-    def bypassed(self) -> tuple[Change, ...]:
-        """The changes that needed an approval under the policy and did not get one."""
-        return tuple(c for c in self.changes if c.gated)
-
-    @property
-    def ok(self) -> bool:
-        return not self.bypassed
-
-    @property
-    def summary(self) -> str:
-        n = len(self.bypassed)
-        text = (
-            f"{n} {'change' if n == 1 else 'changes'} outside the approval gate "
-            f"({self.versions_checked} versions checked against {self.events_replayed} events)"
-        )
-        ungated = len(self.changes) - n
-        if ungated:
-            text += f"; {ungated} ungated {'change' if ungated == 1 else 'changes'} recorded"
-        if not self.log_ok:
-            text += "; the audit log does not verify: run verify_audit"
-        return text
-
-    @property
-    def lines(self) -> list[str]:
-        return [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
-
-    def __str__(self) -> str:
-        return "\n".join([*self.lines, self.summary])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "name": self.name,
-            "summary": self.summary,
-            "log_ok": self.log_ok,
-            "versions_checked": self.versions_checked,
-            "events_replayed": self.events_replayed,
-            "changes": [c.to_dict() for c in self.changes],
-        }
-
-
-@dataclass
-class _Expected:
-    """The registry state the log accounts for, and the event each part rests on."""
-
-    stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
-    aliases: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # alias -> (v, basis)
-    tags: set[tuple[str, str, str]] = field(default_factory=set)  # (version, key, value sha256)
-    known: set[str] = field(default_factory=set)  # versions the log has events of
-    deleted: set[str] = field(default_factory=set)  # versions recorded as deleted
-
-
-def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
-    """Replay (hash, event) pairs, oldest first, into the registry state they account for."""
-    state = _Expected()
-    for digest, event in events:
-        kind = str(event.get("type", "")).removeprefix(TYPE_PREFIX)
-        data = event.get("data") or {}
-        version = data.get("model", {}).get("version")
-        if version is not None and str(version).isdigit():
-            state.known.add(str(version))
-        after = data.get("after")
-        if not isinstance(after, dict):
-            continue
-        if kind == "change.detected" and after.get("exists") is False:
-            state.deleted.add(str(version))
-            continue
-        if kind in ("stage.transitioned", "version.archived") or (
-            kind == "change.detected" and "stage" in after
-        ):
-            v = str(after.get("version") or version)
-            state.stages[v] = (str(after.get("stage")), digest)
-        elif kind in ("alias.set", "alias.deleted") or (
-            kind == "change.detected" and "alias" in after
-        ):
-            target = after.get("version")
-            state.aliases[str(after.get("alias"))] = (
-                None if target is None else str(target),
-                digest,
-            )
-        elif kind == "change.detected" and "tag" in after:
-            state.tags.add((str(version), str(after["tag"]), str(after.get("sha256"))))
-    return state
-
-
-def _tag_digest(mv: ModelVersion, key: str) -> str:
-    return hashlib.sha256((mv.tags or {}).get(key, "").encode()).hexdigest()
-
-
-def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
-    """Reserved tags that no mlflow-approvals writer would have written: (key, reason)."""
-    v = str(mv.version)
-    tags = mv.tags or {}
-    facts = T.VersionFacts(name, v, tags)
-    known: dict[str, str | None] = {T.INDEX_KEY: "index"}
-    for rid, record in facts.requests.items():
-        known[T.request_key(rid)] = record.event
-        for s in facts.signoffs.get(rid, ()):
-            known[T.signoff_key(rid, s.actor)] = s.event
-        for key, ending in (
-            (T.cancel_key(rid), facts.cancelled.get(rid)),
-            (T.applied_key(rid), facts.applied.get(rid)),
-            (T.expired_key(rid), facts.expired.get(rid)),
-        ):
-            if ending is not None:
-                known[key] = ending.event
-    odd = []
-    for key in sorted(tags):
-        if not T.is_reserved(key):
-            continue
-        if key not in known:
-            odd.append((key, "a reserved tag no mlflow-approvals step writes"))
-        elif known[key] is None:
-            odd.append((key, "a fact without an audit event"))
-    return odd
-
-
-def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
-    """Compare the audit log of ``name`` with the live registry; record and report every change
-    that did not come through an approval.
-
-    The log is replayed (valid events only, one per CloudEvents id, in time order): the stage
-    of each version (``stage.transitioned``, ``version.archived``, ``change.detected``), the
-    version each alias points at (``alias.set``, ``alias.deleted``, ``change.detected``). A
-    version the log never mentions is expected in stage ``None`` with no alias. Each difference
-    is written as a ``change.detected`` event (before: what the log says; after: what the
-    registry has), which becomes the expected state, so it is reported once.
-    """
-    files, anchors, versions = _read_log(client, name)
-    by_version = {str(mv.version): mv for mv in versions}
-    report = verify_events(files, anchors, live_versions=list(by_version))
-    ordered = [
-        (line.hash, event) for event, line in _ordered(files, report) if line.status == VALID
-    ]
-    state = replay(ordered)
-    named = {p for _, event in ordered for p in event["data"].get("parents", [])}
-    heads = {h for h, event in ordered if event["type"] == TYPE_PREFIX + "change.detected"}
-    heads -= named
-
-    live_aliases = {
-        str(a): str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()
-    }
-    found: list[tuple[Change, ModelVersion | None, str]] = []
-    for v in sorted(state.known - set(by_version) - state.deleted, key=int):
-        found.append((Change("version", v, None, "exists", "deleted"), None, "initial"))
-    for v, mv in by_version.items():
-        expected, basis = state.stages.get(v, ("None", "initial"))
-        if mv.current_stage != expected:
-            found.append((Change("stage", v, None, expected, mv.current_stage), mv, basis))
-    for alias in sorted(set(state.aliases) | set(live_aliases)):
-        expected_v, basis = state.aliases.get(alias, (None, "initial"))
-        actual_v = live_aliases.get(alias)
-        if expected_v != actual_v:
-            held = actual_v or expected_v
-            found.append(
-                (
-                    Change("alias", held, alias, expected_v, actual_v),
-                    by_version.get(str(held)),
-                    basis,
-                )
-            )
-    for v, mv in by_version.items():
-        for key, why in _odd_tags(name, mv):
-            if (v, key, _tag_digest(mv, key)) not in state.tags:
-                found.append((Change("tag", v, key, None, why), mv, "initial"))
-
-    recorded: list[Change] = []
-    for change, held_by, basis in found:
-        change = Change(**{**change.__dict__, "gated": _is_gated(client, name, change)})
-        digest = _record(client, name, change, held_by, basis, anchors, heads)
-        heads = {digest}
-        recorded.append(Change(**{**change.__dict__, "event": digest}))
-    return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
-
-
-def _is_gated(client: ApprovalClient, name: str, change: Change) -> bool:
-    """Would the policy have asked for an approval of this change? Tags and deletions: always."""
-    policy = client.policy
-    if change.what == "stage":
-        return policy.match(name, "stage", str(change.actual)) is not None
-    if change.what == "alias":
-        return policy.match(name, "alias", str(change.key)) is not None
-    return True
-
-
-def _record(
-    client: ApprovalClient,
-    name: str,
-    change: Change,
-    mv: ModelVersion | None,
-    basis: str,
-    anchors: Mapping[str, Collection[str]],
-    heads: set[str],
-) -> str:
-    """Write one change.detected event; return its hash."""
-    if change.what == "stage":
-        before: dict[str, Any] = {"stage": change.expected, "version": change.version}
-        after: dict[str, Any] = {"stage": change.actual, "version": change.version}
-        comment = (
-            f"v{change.version} moved from {change.expected} to {change.actual} without an approval"
-        )
-    elif change.what == "alias":
-        before = {"alias": change.key, "version": change.expected}
-        after = {"alias": change.key, "version": change.actual}
-        comment = (
-            f"alias @{change.key} moved from {change.expected or '(unset)'} to "
-            f"{change.actual or '(unset)'} without an approval"
-        )
-    elif change.what == "version":
-        before = {"version": change.version, "exists": True}
-        after = {"version": change.version, "exists": False}
-        comment = f"v{change.version} was deleted without an approval"
-    else:
-        value = ((mv.tags or {}) if mv is not None else {}).get(str(change.key), "")
-        before = {"tag": change.key, "value": None}
-        after = {
-            "tag": change.key,
-            "sha256": hashlib.sha256(value.encode()).hexdigest(),
-            "value": value[:1000],
-        }
-        comment = f"reserved tag {change.key} on v{change.version}: {change.actual}"
-    own = [
-        h for h, where in anchors.items() if any(w.startswith(f"v{change.version}:") for w in where)
-    ]
-    event = make_event(
-        type="change.detected",
-        name=name,
-        version=change.version,
-        actor=SYSTEM_ACTOR,
-        display_name=SYSTEM_DISPLAY_NAME,
-        comment=comment,
-        before=before,
-        after=after,
-        policy_hash=client.policy.content_hash,
-        run_id=None if mv is None else mv.run_id,
-        source=None if mv is None else mv.source,
-        parents=[*own, *heads],
-        event_id=deterministic_id(
-            "change",
-            name,
-            change.what,
-            str(change.key or change.version),
-            json.dumps([change.expected, change.actual], sort_keys=True, default=str),
-            basis,
-        ),
-        extra={
-            "change": change.what,
-            "registry_last_updated": None if mv is None else mv.last_updated_timestamp,
-        },
-    )
-    return client.audit.append(event)
-
-
-# ---------------------------------------------------------------------------- history ----
-def format_history(request: ApprovalRequest) -> list[str]:
-    """The request's history in human-readable form (21 CFR Part 11 §11.50): for the filing
-    and each sign-off, the date and time (UTC), the printed name, and the meaning."""
-
-    def ts(t: datetime) -> str:
-        return t.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-    rows = [
-        f"{ts(request.created_at)}  {request.requester}  request for {request.record.target}"
-        + (f': "{request.comment}"' if request.comment else "")
-    ]
-    for s in request.signoffs:
-        printed = s.display_name or s.actor
-        who = printed if printed == s.actor else f"{printed} ({s.actor})"
-        rows.append(f"{ts(s.time)}  {who}  {s.meaning}" + (f': "{s.comment}"' if s.comment else ""))
-    for label, ending in (
-        ("cancellation", request.cancelled),
-        ("expiry", request.expired),
-        ("application", request.applied),
-    ):
-        if ending is not None:
-            rows.append(
-                f"{ts(ending.time)}  {ending.actor}  {label}"
-                + (f': "{ending.comment}"' if ending.comment else "")
-            )
-    return rows

@@ -1,0 +1,338 @@
+"""Reconciling a model's audit log with the live registry: changes that bypassed the gate.
+
+The log is replayed into the stages and aliases it accounts for, and compared with each
+version's stage and the model's aliases. Each difference is recorded once as a
+``change.detected`` audit event, which becomes the expected state. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mlflow_approvals import tags as T
+from mlflow_approvals.audit import (
+    TYPE_PREFIX,
+    deterministic_id,
+    make_event,
+)
+from mlflow_approvals.verify import (
+    SYSTEM_ACTOR,
+    SYSTEM_DISPLAY_NAME,
+    VALID,
+    _ordered,
+    _read_log,
+    verify_events,
+)
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow_approvals.client import ApprovalClient
+
+__all__ = ["Change", "ReconcileReport", "reconcile_model", "replay"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A difference between what the audit log says and what the registry holds."""
+
+    what: Literal["stage", "alias", "tag", "version"]
+    version: str | None
+    key: str | None  # the alias or the tag key; None for a stage
+    expected: Any
+    actual: Any
+    event: str | None = None  # hash of the change.detected event that records it
+    # False for a stage or alias the policy does not gate: recorded, but no approval was needed
+    gated: bool = True
+
+    def __str__(self) -> str:
+        if self.what == "tag":
+            return f"v{self.version} tag {self.key}: {self.actual}"
+        if self.what == "version":
+            return f"v{self.version}: the audit log has its history, the registry deleted it"
+        head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
+        return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "version": self.version,
+            "key": self.key,
+            "expected": self.expected,
+            "actual": self.actual,
+            "event": self.event,
+            "gated": self.gated,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """Every change of a model's stages, aliases or reserved tags that bypassed the gate.
+
+    Each change was recorded as a ``change.detected`` audit event, so the next reconcile does
+    not report it again. ``log_ok`` is false when the log itself did not verify (only its
+    valid events were replayed).
+    """
+
+    name: str
+    changes: tuple[Change, ...]
+    versions_checked: int
+    events_replayed: int
+    log_ok: bool = True
+
+    @property
+    def bypassed(self) -> tuple[Change, ...]:
+        """The changes that needed an approval under the policy and did not get one."""
+        return tuple(c for c in self.changes if c.gated)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bypassed
+
+    @property
+    def summary(self) -> str:
+        n = len(self.bypassed)
+        text = (
+            f"{n} {'change' if n == 1 else 'changes'} outside the approval gate "
+            f"({self.versions_checked} versions checked against {self.events_replayed} events)"
+        )
+        ungated = len(self.changes) - n
+        if ungated:
+            text += f"; {ungated} ungated {'change' if ungated == 1 else 'changes'} recorded"
+        if not self.log_ok:
+            text += "; the audit log does not verify: run verify_audit"
+        return text
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
+
+    def __str__(self) -> str:
+        return "\n".join([*self.lines, self.summary])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "name": self.name,
+            "summary": self.summary,
+            "log_ok": self.log_ok,
+            "versions_checked": self.versions_checked,
+            "events_replayed": self.events_replayed,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+@dataclass
+class _Expected:
+    """The registry state the log accounts for, and the event each part rests on."""
+
+    stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
+    aliases: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # alias -> (v, basis)
+    tags: set[tuple[str, str, str]] = field(default_factory=set)  # (version, key, value sha256)
+    known: set[str] = field(default_factory=set)  # versions the log has events of
+    deleted: set[str] = field(default_factory=set)  # versions recorded as deleted
+
+
+def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
+    """Replay (hash, event) pairs, oldest first, into the registry state they account for."""
+    state = _Expected()
+    for digest, event in events:
+        kind = str(event.get("type", "")).removeprefix(TYPE_PREFIX)
+        data = event.get("data") or {}
+        version = data.get("model", {}).get("version")
+        if version is not None and str(version).isdigit():
+            state.known.add(str(version))
+        after = data.get("after")
+        if not isinstance(after, dict):
+            continue
+        if kind == "change.detected" and after.get("exists") is False:
+            state.deleted.add(str(version))
+            continue
+        if kind in ("stage.transitioned", "version.archived") or (
+            kind == "change.detected" and "stage" in after
+        ):
+            v = str(after.get("version") or version)
+            state.stages[v] = (str(after.get("stage")), digest)
+        elif kind in ("alias.set", "alias.deleted") or (
+            kind == "change.detected" and "alias" in after
+        ):
+            target = after.get("version")
+            state.aliases[str(after.get("alias"))] = (
+                None if target is None else str(target),
+                digest,
+            )
+        elif kind == "change.detected" and "tag" in after:
+            state.tags.add((str(version), str(after["tag"]), str(after.get("sha256"))))
+    return state
+
+
+def _tag_digest(mv: ModelVersion, key: str) -> str:
+    return hashlib.sha256((mv.tags or {}).get(key, "").encode()).hexdigest()
+
+
+def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
+    """Reserved tags that no mlflow-approvals writer would have written: (key, reason)."""
+    v = str(mv.version)
+    tags = mv.tags or {}
+    facts = T.VersionFacts(name, v, tags)
+    known: dict[str, str | None] = {T.INDEX_KEY: "index"}
+    for rid, record in facts.requests.items():
+        known[T.request_key(rid)] = record.event
+        for s in facts.signoffs.get(rid, ()):
+            known[T.signoff_key(rid, s.actor)] = s.event
+        for key, ending in (
+            (T.cancel_key(rid), facts.cancelled.get(rid)),
+            (T.applied_key(rid), facts.applied.get(rid)),
+            (T.expired_key(rid), facts.expired.get(rid)),
+        ):
+            if ending is not None:
+                known[key] = ending.event
+    odd = []
+    for key in sorted(tags):
+        if not T.is_reserved(key):
+            continue
+        if key not in known:
+            odd.append((key, "a reserved tag no mlflow-approvals step writes"))
+        elif known[key] is None:
+            odd.append((key, "a fact without an audit event"))
+    return odd
+
+
+def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
+    """Compare the audit log of ``name`` with the live registry; record and report every change
+    that did not come through an approval.
+
+    The log is replayed (valid events only, one per CloudEvents id, in time order): the stage
+    of each version (``stage.transitioned``, ``version.archived``, ``change.detected``), the
+    version each alias points at (``alias.set``, ``alias.deleted``, ``change.detected``). A
+    version the log never mentions is expected in stage ``None`` with no alias. Each difference
+    is written as a ``change.detected`` event (before: what the log says; after: what the
+    registry has), which becomes the expected state, so it is reported once.
+    """
+    files, anchors, versions = _read_log(client, name)
+    by_version = {str(mv.version): mv for mv in versions}
+    report = verify_events(files, anchors, live_versions=list(by_version))
+    ordered = [
+        (line.hash, event) for event, line in _ordered(files, report) if line.status == VALID
+    ]
+    state = replay(ordered)
+    named = {p for _, event in ordered for p in event["data"].get("parents", [])}
+    heads = {h for h, event in ordered if event["type"] == TYPE_PREFIX + "change.detected"}
+    heads -= named
+
+    live_aliases = {
+        str(a): str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()
+    }
+    found: list[tuple[Change, ModelVersion | None, str]] = []
+    for v in sorted(state.known - set(by_version) - state.deleted, key=int):
+        found.append((Change("version", v, None, "exists", "deleted"), None, "initial"))
+    for v, mv in by_version.items():
+        expected, basis = state.stages.get(v, ("None", "initial"))
+        if mv.current_stage != expected:
+            found.append((Change("stage", v, None, expected, mv.current_stage), mv, basis))
+    for alias in sorted(set(state.aliases) | set(live_aliases)):
+        expected_v, basis = state.aliases.get(alias, (None, "initial"))
+        actual_v = live_aliases.get(alias)
+        if expected_v != actual_v:
+            held = actual_v or expected_v
+            found.append(
+                (
+                    Change("alias", held, alias, expected_v, actual_v),
+                    by_version.get(str(held)),
+                    basis,
+                )
+            )
+    for v, mv in by_version.items():
+        for key, why in _odd_tags(name, mv):
+            if (v, key, _tag_digest(mv, key)) not in state.tags:
+                found.append((Change("tag", v, key, None, why), mv, "initial"))
+
+    recorded: list[Change] = []
+    for change, held_by, basis in found:
+        change = Change(**{**change.__dict__, "gated": _is_gated(client, name, change)})
+        digest = _record(client, name, change, held_by, basis, anchors, heads)
+        heads = {digest}
+        recorded.append(Change(**{**change.__dict__, "event": digest}))
+    return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
+
+
+def _is_gated(client: ApprovalClient, name: str, change: Change) -> bool:
+    """Would the policy have asked for an approval of this change? Tags and deletions: always."""
+    policy = client.policy
+    if change.what == "stage":
+        return policy.match(name, "stage", str(change.actual)) is not None
+    if change.what == "alias":
+        return policy.match(name, "alias", str(change.key)) is not None
+    return True
+
+
+def _record(
+    client: ApprovalClient,
+    name: str,
+    change: Change,
+    mv: ModelVersion | None,
+    basis: str,
+    anchors: Mapping[str, Collection[str]],
+    heads: set[str],
+) -> str:
+    """Write one change.detected event; return its hash."""
+    if change.what == "stage":
+        before: dict[str, Any] = {"stage": change.expected, "version": change.version}
+        after: dict[str, Any] = {"stage": change.actual, "version": change.version}
+        comment = (
+            f"v{change.version} moved from {change.expected} to {change.actual} without an approval"
+        )
+    elif change.what == "alias":
+        before = {"alias": change.key, "version": change.expected}
+        after = {"alias": change.key, "version": change.actual}
+        comment = (
+            f"alias @{change.key} moved from {change.expected or '(unset)'} to "
+            f"{change.actual or '(unset)'} without an approval"
+        )
+    elif change.what == "version":
+        before = {"version": change.version, "exists": True}
+        after = {"version": change.version, "exists": False}
+        comment = f"v{change.version} was deleted without an approval"
+    else:
+        value = ((mv.tags or {}) if mv is not None else {}).get(str(change.key), "")
+        before = {"tag": change.key, "value": None}
+        after = {
+            "tag": change.key,
+            "sha256": hashlib.sha256(value.encode()).hexdigest(),
+            "value": value[:1000],
+        }
+        comment = f"reserved tag {change.key} on v{change.version}: {change.actual}"
+    own = [
+        h for h, where in anchors.items() if any(w.startswith(f"v{change.version}:") for w in where)
+    ]
+    event = make_event(
+        type="change.detected",
+        name=name,
+        version=change.version,
+        actor=SYSTEM_ACTOR,
+        display_name=SYSTEM_DISPLAY_NAME,
+        comment=comment,
+        before=before,
+        after=after,
+        policy_hash=client.policy.content_hash,
+        run_id=None if mv is None else mv.run_id,
+        source=None if mv is None else mv.source,
+        parents=[*own, *heads],
+        event_id=deterministic_id(
+            "change",
+            name,
+            change.what,
+            str(change.key or change.version),
+            json.dumps([change.expected, change.actual], sort_keys=True, default=str),
+            basis,
+        ),
+        extra={
+            "change": change.what,
+            "registry_last_updated": None if mv is None else mv.last_updated_timestamp,
+        },
+    )
+    return client.audit.append(event)
