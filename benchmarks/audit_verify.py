@@ -27,58 +27,32 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+from mlflow_approvals.testing import (
+    EXAMPLE_POLICY,
+    RoundTripCounter,
+    mlflow_server,
+    register_versions,
+)
 
-# The test policy of tests/conftest.py (copied: benchmarks do not import the tests).
-POLICY: dict[str, Any] = {
-    "roles": {
-        "data-scientist": ["alice", "bob"],
-        "ml-engineer": ["carol", "erin"],
-        "business-owner": ["dave", "frank"],
-        "admin": ["root"],
-    },
-    "admins": ["admin"],
-    "rules": [
-        {
-            "name": "production",
-            "models": ["fraud-*"],
-            "stages": ["Production"],
-            "aliases": ["champion"],
-            "levels": [
-                [{"role": "data-scientist", "count": 1}, {"role": "ml-engineer", "count": 1}],
-                [{"role": "business-owner", "count": 1}],
-            ],
-            "expires_after": "7d",
-        }
-    ],
-    "default": "allow",
-}
 VERSIONS = 200
 SIGNERS = (("bob", "data-scientist", 1), ("carol", "ml-engineer", 1), ("dave", "business-owner", 2))
 
 
 def quiet() -> None:
     warnings.simplefilter("ignore")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.ERROR)
 
@@ -137,7 +111,7 @@ def build_log(uri: str, db: Path, events: int) -> tuple[str, int]:
         client.create_model_version(name, "s3://bench/model", run_id=None)
     run_id = AuditStore(client).run_ids(name)[0]
     root = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
-    policy_hash = load_policy(POLICY).content_hash
+    policy_hash = load_policy(EXAMPLE_POLICY).content_hash
     log = LogWriter(name, root, policy_hash)
     levels = (
         (Requirement("data-scientist", 1), Requirement("ml-engineer", 1)),
@@ -201,7 +175,7 @@ def bench_verify(events: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         name, written = build_log(uri, db, events)
         built = time.perf_counter() - t0
-        client = ApprovalClient(uri, uri, policy=POLICY, actor="auditor")
+        client = ApprovalClient(uri, uri, policy=EXAMPLE_POLICY, actor="auditor")
         files, anchors, versions = _read_log(client, name)
         live = [str(mv.version) for mv in versions]
         pure, full = [], []
@@ -224,29 +198,6 @@ def bench_verify(events: int) -> dict[str, Any]:
 
 
 # -- 2. round trips through a real server ------------------------------------------------------
-class Recorder:
-    """Counts every HTTP request sent through ``requests`` while installed."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self._send = HTTPAdapter.send
-
-    @contextlib.contextmanager
-    def counting(self) -> Iterator[list[tuple[str, str]]]:
-        original = self._send
-        calls: list[tuple[str, str]] = []
-
-        def send(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
-            calls.append((str(request.method), urlsplit(str(request.url)).path))
-            return original(adapter, request, *args, **kwargs)
-
-        HTTPAdapter.send = send  # type: ignore[method-assign]
-        try:
-            yield calls
-        finally:
-            HTTPAdapter.send = original  # type: ignore[method-assign]
-
-
 def kind_of(path: str) -> str:
     """``audit`` (artifacts, experiments, runs), ``registry`` (models, versions) or ``other``."""
     if "/mlflow-artifacts/" in path or "/mlflow/experiments/" in path or "/mlflow/runs/" in path:
@@ -256,97 +207,33 @@ def kind_of(path: str) -> str:
     return "other"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A real ``mlflow server`` (sqlite backend) on a free loopback port, in its own group."""
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "server.log").read_text()[-3000:])
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-
-
 def register(uri: str, count: int) -> tuple[str, list[str]]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri, uri)
     name = f"fraud-bench-{uuid.uuid4().hex[:6]}"
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("bench-models")
-    exp_id = exp.experiment_id if exp else client.create_experiment("bench-models")
-    versions = []
-    for _ in range(count):
-        run = client.create_run(exp_id)
-        client.log_text(run.info.run_id, "artifact_path: model\n", "model/MLmodel")
-        mv = client.create_model_version(
-            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-        )
-        versions.append(str(mv.version))
-    return name, versions
+    return name, register_versions(uri, name, count)
 
 
 def bench_round_trips(uri: str) -> dict[str, Counter[str]]:
     from mlflow_approvals import ApprovalClient
 
     name, (v1, v2) = register(uri, 2)
-    rec = Recorder()
+    rec = RoundTripCounter()
     results: dict[str, Counter[str]] = {}
     clients = {
-        a: ApprovalClient(uri, uri, policy=POLICY, actor=a)
+        a: ApprovalClient(uri, uri, policy=EXAMPLE_POLICY, actor=a)
         for a in ("alice", "bob", "carol", "dave")
     }
     for label, version in (("cold", v1), ("warm", v2)):
-        with rec.counting() as calls:
+        with rec.count() as calls:
             clients["alice"].request_transition(name, version, "Production")
             for actor in ("bob", "carol", "dave"):
                 clients[actor].approve(name, version)
         assert clients["alice"].get_request(name, version).status.value == "applied"
-        results[label] = Counter(kind_of(path) for _, path in calls)
-    auditor = ApprovalClient(uri, uri, policy=POLICY, actor="auditor")
-    with rec.counting() as calls:
+        results[label] = Counter(kind_of(path) for _, _, path in calls)
+    auditor = ApprovalClient(uri, uri, policy=EXAMPLE_POLICY, actor="auditor")
+    with rec.count() as calls:
         report = auditor.verify_audit(name)
     assert report.ok, report
-    results["verify"] = Counter(kind_of(path) for _, path in calls)
+    results["verify"] = Counter(kind_of(path) for _, _, path in calls)
     results["verify"]["events"] = report.total
     return results
 
@@ -394,11 +281,8 @@ def main() -> None:
     if args.tracking_uri:
         report(args.tracking_uri)
     else:
-        with (
-            tempfile.TemporaryDirectory(prefix="audit-bench-server-") as tmp,
-            mlflow_server(Path(tmp)) as uri,
-        ):
-            report(uri)
+        with mlflow_server() as server:
+            report(server.uri)
 
 
 if __name__ == "__main__":

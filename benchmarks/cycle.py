@@ -25,55 +25,30 @@ What is measured, all in the same run:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-
-# The test policy of tests/conftest.py (copied: benchmarks do not import the tests).
-POLICY: dict[str, Any] = {
-    "roles": {
-        "data-scientist": ["alice", "bob"],
-        "ml-engineer": ["carol", "erin"],
-        "business-owner": ["dave", "frank"],
-        "admin": ["root"],
-    },
-    "admins": ["admin"],
-    "rules": [
-        {
-            "name": "production",
-            "models": ["fraud-*"],
-            "stages": ["Production"],
-            "aliases": ["champion"],
-            "levels": [
-                [{"role": "data-scientist", "count": 1}, {"role": "ml-engineer", "count": 1}],
-                [{"role": "business-owner", "count": 1}],
-            ],
-            "expires_after": "7d",
-        }
-    ],
-    "default": "allow",
-}
+from mlflow_approvals.testing import (
+    EXAMPLE_POLICY,
+    RoundTrip,
+    RoundTripCounter,
+    mlflow_server,
+    register_versions,
+)
 
 STEPS = (
     ("request", "alice", "request Production"),
@@ -85,39 +60,7 @@ STAGE = "Production"
 
 
 # ----------------------------------------------------------------------------- counting --
-class RoundTrips:
-    """Records (method, path) of every request sent through ``HTTPAdapter.send`` while active."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] | None = None
-        self._original = HTTPAdapter.send
-
-    def install(self) -> None:
-        original = self._original
-        recorder = self
-
-        def send(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
-            if recorder.calls is not None:
-                url = urlsplit(request.url)
-                recorder.calls.append((url.netloc, request.method, url.path))
-            return original(adapter, request, *args, **kwargs)
-
-        HTTPAdapter.send = send  # type: ignore[method-assign]
-
-    def uninstall(self) -> None:
-        HTTPAdapter.send = self._original  # type: ignore[method-assign]
-
-    @contextlib.contextmanager
-    def count(self) -> Iterator[list[tuple[str, str, str]]]:
-        calls: list[tuple[str, str, str]] = []
-        self.calls = calls
-        try:
-            yield calls
-        finally:
-            self.calls = None
-
-
-def to_server(uri: str, calls: list[tuple[str, str, str]]) -> list[str]:
+def to_server(uri: str, calls: list[RoundTrip]) -> list[str]:
     """The endpoint labels of the calls, in order.
 
     Calls to another host than the tracking server (an artifact store the server does not
@@ -146,118 +89,20 @@ def is_audit(label: str) -> bool:
     return what.startswith(("mlflow-artifacts/", "experiments/", "runs/", "artifact-store "))
 
 
-# ----------------------------------------------------------------------------- server --
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[tuple[str, float]]:
-    """A real ``mlflow server`` on sqlite in ``root``; yields (uri, seconds to become ready)."""
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = root / "server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    started = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
-        )
-    try:
-        deadline = started + 120
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"mlflow server exited ({proc.returncode}):\n{tail}")
-            try:
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"mlflow server not ready after 120 s:\n{tail}")
-            time.sleep(0.3)
-        yield uri, time.monotonic() - started
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 # ----------------------------------------------------------------------------- registry --
-def model_experiment(uri: str) -> str:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp_name = "approvals-benchmark-models"
-    exp = client.get_experiment_by_name(exp_name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = str(Path(uri[len("sqlite:///") :]).parent / "models")
-    try:
-        return str(client.create_experiment(exp_name, artifact_location=location))
-    except Exception:
-        exp = client.get_experiment_by_name(exp_name)
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
-
-
 def new_model(uri: str, count: int) -> tuple[str, list[str]]:
     """Register a new ``fraud-...`` model with ``count`` versions backed by run artifacts."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a link per finished run
-        return _register(client, uri, count)
-
-
-def _register(client: Any, uri: str, count: int) -> tuple[str, list[str]]:
     name = f"fraud-bench-{uuid.uuid4().hex[:10]}"
-    client.create_registered_model(name)
-    exp_id = model_experiment(uri)
-    versions = []
-    for _ in range(count):
-        run = client.create_run(exp_id)
-        client.log_text(run.info.run_id, "artifact_path: model\n", "model/MLmodel")
-        client.set_terminated(run.info.run_id)
-        mv = client.create_model_version(
-            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-        )
-        versions.append(str(mv.version))
-    return name, versions
+    return name, register_versions(uri, name, count)
 
 
 def new_clients(uri: str) -> dict[str, Any]:
     from mlflow_approvals import ApprovalClient
 
     return {
-        actor: ApprovalClient(tracking_uri=uri, registry_uri=uri, policy=POLICY, actor=actor)
+        actor: ApprovalClient(
+            tracking_uri=uri, registry_uri=uri, policy=EXAMPLE_POLICY, actor=actor
+        )
         for actor in ("alice", "bob", "carol", "dave")
     }
 
@@ -290,7 +135,7 @@ def check_applied(uri: str, name: str, version: str, result: Any) -> None:
 
 
 def counted_cycle(
-    rt: RoundTrips, uri: str, clients: dict[str, Any], name: str, version: str, cold: bool
+    rt: RoundTripCounter, uri: str, clients: dict[str, Any], name: str, version: str, cold: bool
 ) -> list[list[str]]:
     """Run one cycle, counting each step's requests to the server.
 
@@ -401,7 +246,7 @@ def print_times(title: str, steps: list[list[float]], plain: list[float]) -> Non
 
 
 # ----------------------------------------------------------------------------- main --
-def run_server_part(uri: str, rounds: int, rt: RoundTrips) -> None:
+def run_server_part(uri: str, rounds: int, rt: RoundTripCounter) -> None:
     from mlflow import MlflowClient
 
     from mlflow_approvals.audit import AuditStore
@@ -476,12 +321,13 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no requests to other hosts
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     root = Path(tempfile.mkdtemp(prefix="mlflow-approvals-bench-"))
-    rt = RoundTrips()
+    rt = RoundTripCounter()
     rt.install()
     try:
         print("mlflow-approvals benchmark: one two-level approval cycle vs plain MlflowClient")
@@ -493,11 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  server    {args.tracking_uri} (given)")
             run_server_part(args.tracking_uri, args.rounds, rt)
         else:
-            (root / "server").mkdir()
-            with mlflow_server(root / "server") as (uri, ready):
-                print(f"  server    {uri}: mlflow server, sqlite backend, 1 worker")
-                print(f"            (ready after {ready:.1f} s)")
-                run_server_part(uri, args.rounds, rt)
+            with mlflow_server(root / "server") as server:
+                print(f"  server    {server.uri}: mlflow server, sqlite backend, 1 worker")
+                print(f"            (ready after {server.ready_after:.1f} s)")
+                run_server_part(server.uri, args.rounds, rt)
         (root / "direct").mkdir()
         run_sqlite_part(root / "direct", args.rounds)
     finally:

@@ -11,54 +11,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
+
+from mlflow_approvals import testing
+from mlflow_approvals.testing import EXAMPLE_POLICY, MlflowServer, register_versions
+
+__all__ = ["POLICY", "Server", "postgres_available", "register_versions", "unique_name"]
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 _counter = itertools.count(1)
 
-POLICY: dict[str, Any] = {
-    "roles": {
-        "data-scientist": ["alice", "bob"],
-        "ml-engineer": ["carol", "erin"],
-        "business-owner": ["dave", "frank"],
-        "admin": ["root"],
-    },
-    "admins": ["admin"],
-    "rules": [
-        {
-            "name": "production",
-            "models": ["fraud-*"],
-            "stages": ["Production"],
-            "aliases": ["champion"],
-            "levels": [
-                [{"role": "data-scientist", "count": 1}, {"role": "ml-engineer", "count": 1}],
-                [{"role": "business-owner", "count": 1}],
-            ],
-            "expires_after": "7d",
-        }
-    ],
-    "default": "allow",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+POLICY: dict[str, Any] = EXAMPLE_POLICY  # the test policy; `policy_dict` gives a deep copy
+Server = MlflowServer  # the session server: .uri, .backend, .workers, .root
 
 
 def postgres_available() -> bool:
@@ -97,85 +67,26 @@ def _drop_pg_database(db: str) -> None:
     conn.close()
 
 
-@dataclass
-class Server:
-    """A running `mlflow server` subprocess."""
-
-    uri: str
-    backend: str  # "postgresql" or "sqlite"
-    workers: int
-    root: Path
-
-
-def _wait_ready(uri: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
-            )
-        try:
-            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"mlflow server not ready after {timeout}s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def mlflow_server() -> Iterator[Server]:
     """One real `mlflow server` for the whole test session (PostgreSQL when available)."""
-    root = Path(tempfile.mkdtemp(prefix="mlflow-approvals-server-"))
     require_pg = os.environ.get("MLFLOW_APPROVALS_REQUIRE_POSTGRES") == "1"
     pg_db = None
     if postgres_available():
         pg_db = _create_pg_database()
         backend_uri = f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{pg_db}"
-        backend, workers = "postgresql", 2
+        workers = 2
     elif require_pg:
         raise RuntimeError(
             "MLFLOW_APPROVALS_REQUIRE_POSTGRES=1 but PostgreSQL does not answer on "
             f"{PG_HOST}:{PG_PORT}: start it, or unset the variable to fall back to sqlite"
         )
     else:
-        backend_uri = f"sqlite:///{root / 'server.db'}"
-        backend, workers = "sqlite", 1
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = root / "server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_uri,
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
-        )
+        backend_uri, workers = None, 1  # sqlite in the server's temporary folder
     try:
-        _wait_ready(uri, proc, log)
-        yield Server(uri=uri, backend=backend, workers=workers, root=root)
+        with testing.mlflow_server(backend_store_uri=backend_uri, workers=workers) as server:
+            yield server
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
         if pg_db:
             with contextlib.suppress(Exception):
                 _drop_pg_database(pg_db)
@@ -220,7 +131,7 @@ def policy_dict() -> dict[str, Any]:
     """The test policy as a mapping (a deep copy each time)."""
     import copy
 
-    return copy.deepcopy(POLICY)
+    return copy.deepcopy(EXAMPLE_POLICY)
 
 
 @pytest.fixture
@@ -236,36 +147,6 @@ def policy_file(tmp_path: Path, policy_dict: dict[str, Any]) -> Path:
 def unique_name(prefix: str = "fraud-model") -> str:
     """A registered-model name no other test uses (the session server is shared)."""
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
-
-
-def register_versions(tracking_uri: str, name: str, count: int = 1) -> list[str]:
-    """Register `name` with `count` versions, each backed by a run artifact; return them."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    client.create_registered_model(name)
-    exp_name = "approvals-test-models"
-    exp = client.get_experiment_by_name(exp_name)
-    if exp is None:
-        try:
-            artifact_location = None
-            if tracking_uri.startswith("sqlite:///"):
-                artifact_location = str(Path(tracking_uri[len("sqlite:///") :]).parent / "models")
-            exp_id = client.create_experiment(exp_name, artifact_location=artifact_location)
-        except Exception:
-            exp_id = client.get_experiment_by_name(exp_name).experiment_id  # type: ignore[union-attr]
-    else:
-        exp_id = exp.experiment_id
-    versions = []
-    for _ in range(count):
-        run = client.create_run(exp_id)
-        client.log_text(run.info.run_id, "artifact_path: model\n", "model/MLmodel")
-        client.set_terminated(run.info.run_id)
-        mv = client.create_model_version(
-            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
-        )
-        versions.append(str(mv.version))
-    return versions
 
 
 @pytest.fixture

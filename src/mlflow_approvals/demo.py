@@ -7,6 +7,7 @@ came out as the story says.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import warnings
@@ -14,27 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DEMO_POLICY: dict[str, Any] = {
-    "roles": {
-        "data-scientist": ["alice", "bob"],
-        "ml-engineer": ["carol", "erin"],
-        "business-owner": ["dave"],
-    },
-    "rules": [
-        {
-            "name": "production",
-            "models": ["fraud-*"],
-            "stages": ["Production"],
-            "aliases": ["champion"],
-            "levels": [
-                [{"role": "data-scientist", "count": 1}, {"role": "ml-engineer", "count": 1}],
-                [{"role": "business-owner", "count": 1}],
-            ],
-            "expires_after": "7d",
-        }
-    ],
-    "default": "allow",
-}
+from mlflow_approvals.testing import EXAMPLE_POLICY
+
+DEMO_POLICY: dict[str, Any] = copy.deepcopy(EXAMPLE_POLICY)
 
 
 class _Story:
@@ -88,10 +71,8 @@ def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = Non
     echo(f"registry: {uri}")
     echo("policy: promoting fraud-* to Production (or @champion) needs, in order,")
     echo("        level 1: one data-scientist and one ml-engineer; level 2: one business-owner")
-    echo(
-        "        people: alice, bob (data-scientist); carol, erin (ml-engineer); "
-        "dave (business-owner)"
-    )
+    echo("        people: alice, bob (data-scientist); carol, erin (ml-engineer);")
+    echo("                dave, frank (business-owner); root (admin: may cancel any request)")
 
     story.chapter("A data scientist registers a new version of fraud-model.")
     version = _register(as_("alice"), root, name)
