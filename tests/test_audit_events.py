@@ -150,14 +150,14 @@ def test_promotion_writes_request_signoff_apply_and_archive_events(env):
     assert request["_hash"] in dave["data"]["parents"]
 
 
-def test_archive_events_are_anchored_and_verify(local):
+def test_archive_events_are_anchored_and_verify(env):
     """The system events of archive_existing_versions are anchored: the log verifies."""
-    name, (old, new) = local.model(count=2)
-    local.plain.transition_model_version_stage(name, old, "Production")
-    local.as_("alice").request_transition(name, new, "Production", archive_existing_versions=True)
+    name, (old, new) = env.model(count=2)
+    env.plain.transition_model_version_stage(name, old, "Production")
+    env.as_("alice").request_transition(name, new, "Production", archive_existing_versions=True)
     for actor in ("bob", "carol", "dave"):
-        local.as_(actor).approve(name, new)
-    report = local.as_("auditor").verify_audit(name)
+        env.as_(actor).approve(name, new)
+    report = env.as_("auditor").verify_audit(name)
     assert report.ok, report
 
 
@@ -173,45 +173,45 @@ def test_each_version_archived_gets_its_own_event(local):
     assert sorted(e["data"]["model"]["version"] for e in archived) == sorted([a, b])
 
 
-def test_rejection_event_carries_the_reason(local):
+def test_rejection_event_carries_the_reason(env):
     """A rejection is audited with its meaning and reason."""
-    name, (v,) = local.model()
-    local.as_("alice").request_transition(name, v, "Production")
-    local.as_("carol").reject(name, v, comment="drift on segment B")
-    (event,) = of_kind(events_of(local.as_("x"), name), "signoff.rejected")
+    name, (v,) = env.model()
+    env.as_("alice").request_transition(name, v, "Production")
+    env.as_("carol").reject(name, v, comment="drift on segment B")
+    (event,) = of_kind(events_of(env.as_("x"), name), "signoff.rejected")
     assert event["data"]["meaning"] == "rejection"
     assert event["data"]["comment"] == "drift on segment B"
     assert event["data"]["actor"]["id"] == "carol"
-    assert local.as_("x").verify_audit(name).ok
+    assert env.as_("x").verify_audit(name).ok
 
 
-def test_cancellation_event_records_before_and_after(local):
+def test_cancellation_event_records_before_and_after(env):
     """A cancellation is audited with who, why and the status before and after."""
-    name, (v,) = local.model()
-    local.as_("alice").request_transition(name, v, "Production")
-    local.as_("alice").cancel(name, v, comment="wrong version")
-    (event,) = of_kind(events_of(local.as_("x"), name), "request.cancelled")
+    name, (v,) = env.model()
+    env.as_("alice").request_transition(name, v, "Production")
+    env.as_("alice").cancel(name, v, comment="wrong version")
+    (event,) = of_kind(events_of(env.as_("x"), name), "request.cancelled")
     assert event["data"]["meaning"] == "cancellation"
     assert event["data"]["comment"] == "wrong version"
     assert event["data"]["before"] == {"status": "pending"}
     assert event["data"]["after"] == {"status": "cancelled"}
-    assert local.as_("x").verify_audit(name).ok
+    assert env.as_("x").verify_audit(name).ok
 
 
-def test_expiry_event_is_a_system_event(local):
+def test_expiry_event_is_a_system_event(env):
     """An expiry noticed by a later step is audited as a system event at the deadline."""
-    local.policy["rules"][0]["expires_after"] = "1s"
-    name, (v,) = local.model()
-    request = local.as_("alice").request_transition(name, v, "Production")
+    env.policy["rules"][0]["expires_after"] = "1s"
+    name, (v,) = env.model()
+    request = env.as_("alice").request_transition(name, v, "Production")
     time.sleep(1.1)
     with pytest.raises(InvalidRequest, match="expired"):
-        local.as_("bob").approve(name, v, request_id=request.id)
-    (event,) = of_kind(events_of(local.as_("x"), name), "request.expired")
+        env.as_("bob").approve(name, v, request_id=request.id)
+    (event,) = of_kind(events_of(env.as_("x"), name), "request.expired")
     assert event["data"]["actor"]["id"] == "mlflow-approvals"
     assert event["data"]["meaning"] == "expiry"
     assert event["data"]["after"] == {"status": "expired"}
     assert event["time"].startswith(request.expires_at.isoformat()[:19])
-    assert local.as_("x").verify_audit(name).ok
+    assert env.as_("x").verify_audit(name).ok
 
 
 def test_alias_set_and_deleted_events(env):
