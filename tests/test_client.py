@@ -546,3 +546,15 @@ def test_copied_version_does_not_inherit_requests(as_, plain, make_model):
     copied = plain.copy_model_version(f"models:/{name}/{v}", copy_name)
     with pytest.raises(RequestNotFound):
         as_("x").get_request(copy_name, str(copied.version))
+
+
+def test_two_role_signer_never_blocks_the_request(tracking_uri, policy_dict, make_model):
+    """A person holding both roles of a level signs first; the request can still complete."""
+    policy_dict["roles"]["data-scientist"] = ["bob", "xavier"]
+    policy_dict["roles"]["ml-engineer"] = ["xavier"]
+    as_ = lambda a: ApprovalClient(tracking_uri, tracking_uri, policy=policy_dict, actor=a)  # noqa: E731
+    name, (v,) = make_model()
+    as_("alice").request_transition(name, v, "Production")
+    assert as_("xavier").approve(name, v).signoffs[0].role == "ml-engineer"
+    as_("bob").approve(name, v)
+    assert as_("dave").approve(name, v).status is Status.APPLIED

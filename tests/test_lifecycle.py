@@ -130,3 +130,16 @@ def test_eligible_signers_needs_distinct_people_across_roles():
     levels = ((Requirement("ds", 1), Requirement("mle", 1)),)
     assert eligible_signers(levels, {"ds": ("x",), "mle": ("x",)}, None) is not None
     assert eligible_signers(levels, {"ds": ("x",), "mle": ("x", "y")}, None) is None
+
+
+def test_two_role_signer_leaves_the_requirement_others_can_fill():
+    """A person holding both roles takes the one nobody else could fill, so the request can end."""
+    members = {"ds": ("x", "y"), "mle": ("x",), "owner": ("dave",)}
+    verdict = decide_signoff(derive(record(), (), T0), "x", ("ds", "mle"), "approve", members)
+    assert (verdict.role, verdict.level) == ("mle", 1)
+
+
+def test_two_role_signer_without_lookahead_counts_in_policy_order():
+    """Without role membership to look ahead with, the first requirement in policy order wins."""
+    verdict = decide_signoff(derive(record(), (), T0), "x", ("ds", "mle"), "approve")
+    assert verdict.role == "ds"

@@ -620,7 +620,11 @@ class ApprovalClient(MlflowClient):
         if decision == "approve" and request.status is Status.APPROVED:
             return self._apply(mv, facts, request)  # retry of an apply that failed
         verdict = decide_signoff(
-            request, self.actor, tuple(self.policy.roles_of(self.actor)), decision
+            request,
+            self.actor,
+            tuple(self.policy.roles_of(self.actor)),
+            decision,
+            members=self.policy.roles,
         )
         self._enforce(verdict, mv, facts, request, decision)
         digest = self._emit(

@@ -13,6 +13,7 @@ apply), never stored, so concurrent writers cannot overwrite it::
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -400,15 +401,53 @@ def _ended(request: ApprovalRequest) -> Verdict | None:
     )
 
 
+def _assign(
+    request: ApprovalRequest,
+    actor: str,
+    actor_roles: tuple[str, ...],
+    members: Mapping[str, Sequence[str]] | None,
+) -> str | None:
+    """The requirement of the open level that ``actor``'s approval counts toward, or None.
+
+    The first missing requirement, in policy order, whose role the actor holds, such that the
+    rest of the request can still be signed by distinct other people. (Without that look-ahead,
+    a person holding two roles could take the one only they could leave to someone else, and the
+    request could never complete.) When no choice keeps the rest fillable, the first in policy
+    order. Deterministic: the same facts give the same role.
+    """
+    candidates = [r.role for r in request.missing if r.role in actor_roles]
+    if not candidates:
+        return None
+    if members is None or len(candidates) == 1:
+        return candidates[0]
+    level = request.open_level or 1
+    later = [r.role for lvl in request.levels[level:] for r in lvl for _ in range(r.count)]
+    excluded = {s.actor for s in request.signoffs} | {actor}
+    if request.record.separation_of_duties:
+        excluded.add(request.requester)
+    for role in candidates:
+        rest = [
+            r.role for r in request.missing for _ in range(r.count - (1 if r.role == role else 0))
+        ]
+        if _fillable(rest + later, members, excluded):
+            return role
+    return candidates[0]
+
+
 def decide_signoff(
-    request: ApprovalRequest, actor: str, actor_roles: tuple[str, ...], decision: Decision
+    request: ApprovalRequest,
+    actor: str,
+    actor_roles: tuple[str, ...],
+    decision: Decision,
+    members: Mapping[str, Sequence[str]] | None = None,
 ) -> Verdict:
     """May ``actor`` (holding ``actor_roles``) approve or reject ``request``? And as what?
 
     Rules: an ended request takes no sign-off; a person signs a request once; with separation of
     duties the requester cannot sign; an approval must come from a role the open level still
-    needs, and counts toward the first such requirement in policy order; a rejection may come
-    from anyone holding a role named at any level of the rule.
+    needs, and counts toward one requirement (see ``_assign``; ``members``, role -> people, lets
+    it look ahead); a rejection may come from anyone holding a role named at any level of the
+    rule.
     """
     ended = _ended(request)
     if ended is not None:
@@ -437,9 +476,9 @@ def decide_signoff(
         return Verdict(True, role=next(r for r in actor_roles if r in rule_roles))
     level = request.open_level
     assert level is not None  # pending requests always have an open level
-    for req in request.missing:
-        if req.role in actor_roles:
-            return Verdict(True, role=req.role, level=level)
+    role = _assign(request, actor, actor_roles, members)
+    if role is not None:
+        return Verdict(True, role=role, level=level)
     needed = ", ".join(str(m) for m in request.missing)
     later = [
         n
@@ -469,9 +508,31 @@ def decide_cancel(request: ApprovalRequest, actor: str, is_admin: bool) -> Verdi
     return Verdict(True)
 
 
+def _fillable(
+    slots: list[str], members: Mapping[str, Sequence[str]], excluded: Collection[str]
+) -> bool:
+    """Can each slot (a role) be given a distinct member of its role, outside ``excluded``?
+
+    Bipartite matching by augmenting paths; policies are small, so this is cheap.
+    """
+    match: dict[str, int] = {}
+
+    def augment(slot: int, seen: set[str]) -> bool:
+        for person in sorted(members.get(slots[slot], ())):
+            if person in excluded or person in seen:
+                continue
+            seen.add(person)
+            if person not in match or augment(match[person], seen):
+                match[person] = slot
+                return True
+        return False
+
+    return all(augment(i, set()) for i in range(len(slots)))
+
+
 def eligible_signers(
     levels: tuple[tuple[Requirement, ...], ...],
-    members: dict[str, tuple[str, ...]],
+    members: Mapping[str, Sequence[str]],
     excluded: str | None,
 ) -> str | None:
     """Return why the levels cannot be signed by distinct people other than ``excluded``, or None.
@@ -481,20 +542,7 @@ def eligible_signers(
     """
     slots = [r.role for lvl in levels for r in lvl for _ in range(r.count)]
     people = {p for role in set(slots) for p in members.get(role, ()) if p != excluded}
-    match: dict[str, int] = {}
-
-    def augment(slot: int, seen: set[str]) -> bool:
-        for person in sorted(members.get(slots[slot], ())):
-            if person == excluded or person in seen:
-                continue
-            seen.add(person)
-            if person not in match or augment(match[person], seen):
-                match[person] = slot
-                return True
-        return False
-
-    filled = sum(1 for i in range(len(slots)) if augment(i, set()))
-    if filled < len(slots):
+    if not _fillable(slots, members, () if excluded is None else (excluded,)):
         roles = ", ".join(sorted(set(slots)))
         return (
             f"needs {len(slots)} distinct signers from {roles}, but only {len(people)} "
