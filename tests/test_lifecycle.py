@@ -143,3 +143,11 @@ def test_two_role_signer_without_lookahead_counts_in_policy_order():
     """Without role membership to look ahead with, the first requirement in policy order wins."""
     verdict = decide_signoff(derive(record(), (), T0), "x", ("ds", "mle"), "approve")
     assert verdict.role == "ds"
+
+
+def test_applied_wins_over_a_rejection_that_raced_it():
+    """A rejection written beside an applied fact cannot hide that the registry was changed."""
+    signs = (approve("bob", "ds", 1), approve("carol", "mle", 1), approve("dave", "owner", 2))
+    late = (*signs, SignOff("erin", "reject", "mle", None, "no", T0 + timedelta(minutes=9)))
+    applied = Ending("dave", T0 + timedelta(minutes=3))
+    assert derive(record(), late, T0, applied=applied).status is Status.APPLIED

@@ -351,12 +351,15 @@ def derive(
     """Derive a request's status from its facts and the clock."""
     ordered = tuple(sorted(signoffs, key=lambda s: (s.time, s.actor)))
     open_level, missing = level_progress(record.levels, ordered)
-    if cancelled is not None:
+    # An applied fact wins: the registry was changed. A rejection or cancel can only sit beside
+    # it when it raced the final sign-off (written after the applier read the facts); the audit
+    # log then holds both, in order.
+    if applied is not None:
+        status = Status.APPLIED
+    elif cancelled is not None:
         status = Status.CANCELLED
     elif any(s.decision == "reject" for s in ordered):
         status = Status.REJECTED
-    elif applied is not None:
-        status = Status.APPLIED
     elif open_level is None:
         status = Status.APPROVED
     elif expired is not None or (record.expires_at is not None and now >= record.expires_at):
