@@ -151,3 +151,10 @@ def test_applied_wins_over_a_rejection_that_raced_it():
     late = (*signs, SignOff("erin", "reject", "mle", None, "no", T0 + timedelta(minutes=9)))
     applied = Ending("dave", T0 + timedelta(minutes=3))
     assert derive(record(), late, T0, applied=applied).status is Status.APPLIED
+
+
+def test_ended_request_cannot_be_cancelled():
+    """Cancelling an ended request is refused as invalid, saying it can no longer be cancelled."""
+    verdict = decide_cancel(derive(record(), (), T0, applied=Ending("dave", T0)), "alice", False)
+    assert (verdict.allowed, verdict.kind) == (False, "invalid")
+    assert "can no longer be cancelled" in verdict.reason

@@ -60,10 +60,6 @@ class Target:
             f"alias @{self.value}" if self.action == "set" else f"deletion of alias @{self.value}"
         )
 
-    def same_as(self, other: Target) -> bool:
-        """True when both ask for the same change (used to find an identical open request)."""
-        return self == other
-
 
 @dataclass(frozen=True)
 class Requirement:
@@ -394,11 +390,11 @@ def _refuse(reason: str, kind: Literal["not-authorized", "invalid"] = "not-autho
     return Verdict(False, reason, kind=kind)
 
 
-def _ended(request: ApprovalRequest) -> Verdict | None:
+def _ended(request: ApprovalRequest, verb: str = "signed") -> Verdict | None:
     if request.status.is_open:
         return None
     return _refuse(
-        f"request {request.id} is {request.status.value} and can no longer be signed"
+        f"request {request.id} is {request.status.value} and can no longer be {verb}"
         + ("; file a new request" if request.status is not Status.APPLIED else ""),
         "invalid",
     )
@@ -501,9 +497,9 @@ def decide_signoff(
 
 def decide_cancel(request: ApprovalRequest, actor: str, is_admin: bool) -> Verdict:
     """May ``actor`` cancel ``request``? Only the requester or an admin, only while open."""
-    ended = _ended(request)
+    ended = _ended(request, "cancelled")
     if ended is not None:
-        return Verdict(False, ended.reason.replace("signed", "cancelled"), kind="invalid")
+        return ended
     if actor != request.requester and not is_admin:
         return _refuse(
             f"only the requester ({request.requester}) or an admin may cancel request {request.id}"
