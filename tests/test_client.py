@@ -227,13 +227,13 @@ def test_list_requests_is_one_tag_query(as_, make_model, mocker):
     name, (v,) = make_model()
     as_("alice").request_transition(name, v, "Production")
     client = as_("x")
-    registry = client._get_registry_client()
-    search = mocker.spy(registry, "search_model_versions")
-    get = mocker.spy(registry, "get_model_version")
+    store = client.registry.store
+    search = mocker.spy(store, "search_model_versions")
+    get = mocker.spy(store, "get_model_version")
     assert len(client.list_requests()) >= 1
     assert get.call_count == 0
     assert search.call_count == 1
-    assert f"tags.`{INDEX_KEY}` = 'pending'" in search.call_args.args[0]
+    assert f"tags.`{INDEX_KEY}` = 'pending'" in search.call_args.kwargs["filter_string"]
 
 
 def test_unsupported_status_in_list_is_a_clear_error(as_):

@@ -17,16 +17,16 @@ from mlflow_approvals.audit import (
     TYPE_PREFIX,
     canonical,
 )
+from mlflow_approvals.auditlog import read_log
 from mlflow_approvals.verify import (
     VALID,
     ReportLine,
-    _ordered,
-    _read_log,
+    ordered_events,
     verify_events,
 )
 
 if TYPE_CHECKING:
-    from mlflow_approvals.client import ApprovalClient
+    from mlflow_approvals.ports import Ports
 
 __all__ = ["EXPORT_FORMATS", "export_events", "export_model", "flatten"]
 
@@ -81,7 +81,7 @@ def export_events(
     _check_format(format)
     report = verify_events(files, anchors, live_versions=live_versions)
     count = 0
-    for event, line in _ordered(files, report):
+    for event, line in ordered_events(files, report):
         if format == "cloudevents":
             out.write(canonical(event).decode() + "\n")
         else:
@@ -91,11 +91,11 @@ def export_events(
 
 
 def export_model(
-    client: ApprovalClient, name: str, path: str | os.PathLike[str], format: str = "jsonl"
+    ports: Ports, name: str, path: str | os.PathLike[str], format: str = "jsonl"
 ) -> int:
     """Write the whole audit trail of ``name`` to ``path`` (JSON Lines); return the count."""
     _check_format(format)
-    files, anchors, versions = _read_log(client, name)
+    files, anchors, versions = read_log(ports, name)
     live = [str(mv.version) for mv in versions]
     target = Path(path)
     tmp = target.with_name(target.name + ".partial")

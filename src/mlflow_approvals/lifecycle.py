@@ -44,6 +44,24 @@ class Status(str, Enum):
 
 
 @dataclass(frozen=True)
+class Actor:
+    """Who acts: an id (the login name) and the printed name recorded beside each signature."""
+
+    id: str
+    display_name: str
+
+    @classmethod
+    def named(cls, id: str, display_name: str | None = None) -> Actor:
+        """``id`` acting under ``display_name`` (default: the id itself)."""
+        return cls(id, display_name or id)
+
+
+SYSTEM = Actor("mlflow-approvals", "mlflow-approvals (system)")
+"""The actor of what no person does: expiries, archiving, the records of reconcile."""
+SYSTEM_ACTOR = SYSTEM.id
+
+
+@dataclass(frozen=True)
 class Target:
     """What a request asks for: a stage, or an alias to set on (or delete from) the version."""
 

@@ -19,19 +19,18 @@ from mlflow_approvals.audit import (
     deterministic_id,
     make_event,
 )
+from mlflow_approvals.auditlog import read_log
+from mlflow_approvals.lifecycle import SYSTEM
 from mlflow_approvals.verify import (
-    SYSTEM_ACTOR,
-    SYSTEM_DISPLAY_NAME,
     VALID,
-    _ordered,
-    _read_log,
+    ordered_events,
     verify_events,
 )
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from mlflow_approvals.client import ApprovalClient
+    from mlflow_approvals.ports import Ports
 
 __all__ = ["Change", "ReconcileReport", "reconcile_model", "replay"]
 
@@ -202,7 +201,7 @@ def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
     return odd
 
 
-def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
+def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
     """Compare the audit log of ``name`` with the live registry; record and report every change
     that did not come through an approval.
 
@@ -213,11 +212,11 @@ def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
     is written as a ``change.detected`` event (before: what the log says; after: what the
     registry has), which becomes the expected state, so it is reported once.
     """
-    files, anchors, versions = _read_log(client, name)
+    files, anchors, versions = read_log(ports, name)
     by_version = {str(mv.version): mv for mv in versions}
     report = verify_events(files, anchors, live_versions=list(by_version))
     ordered = [
-        (line.hash, event) for event, line in _ordered(files, report) if line.status == VALID
+        (line.hash, event) for event, line in ordered_events(files, report) if line.status == VALID
     ]
     state = replay(ordered)
     named = {p for _, event in ordered for p in event["data"].get("parents", [])}
@@ -225,7 +224,7 @@ def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
     heads -= named
 
     live_aliases = {
-        str(a): str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()
+        str(a): str(v) for a, v in (ports.registry.get_registered_model(name).aliases or {}).items()
     }
     found: list[tuple[Change, ModelVersion | None, str]] = []
     for v in sorted(state.known - set(by_version) - state.deleted, key=int):
@@ -253,16 +252,16 @@ def reconcile_model(client: ApprovalClient, name: str) -> ReconcileReport:
 
     recorded: list[Change] = []
     for change, held_by, basis in found:
-        change = Change(**{**change.__dict__, "gated": _is_gated(client, name, change)})
-        digest = _record(client, name, change, held_by, basis, anchors, heads)
+        change = Change(**{**change.__dict__, "gated": _is_gated(ports, name, change)})
+        digest = _record(ports, name, change, held_by, basis, anchors, heads)
         heads = {digest}
         recorded.append(Change(**{**change.__dict__, "event": digest}))
     return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
 
 
-def _is_gated(client: ApprovalClient, name: str, change: Change) -> bool:
+def _is_gated(ports: Ports, name: str, change: Change) -> bool:
     """Would the policy have asked for an approval of this change? Tags and deletions: always."""
-    policy = client.policy
+    policy = ports.policy
     if change.what == "stage":
         return policy.match(name, "stage", str(change.actual)) is not None
     if change.what == "alias":
@@ -271,7 +270,7 @@ def _is_gated(client: ApprovalClient, name: str, change: Change) -> bool:
 
 
 def _record(
-    client: ApprovalClient,
+    ports: Ports,
     name: str,
     change: Change,
     mv: ModelVersion | None,
@@ -313,12 +312,12 @@ def _record(
         type="change.detected",
         name=name,
         version=change.version,
-        actor=SYSTEM_ACTOR,
-        display_name=SYSTEM_DISPLAY_NAME,
+        actor=SYSTEM.id,
+        display_name=SYSTEM.display_name,
         comment=comment,
         before=before,
         after=after,
-        policy_hash=client.policy.content_hash,
+        policy_hash=ports.policy.content_hash,
         run_id=None if mv is None else mv.run_id,
         source=None if mv is None else mv.source,
         parents=[*own, *heads],
@@ -335,4 +334,4 @@ def _record(
             "registry_last_updated": None if mv is None else mv.last_updated_timestamp,
         },
     )
-    return client.audit.append(event)
+    return ports.audit.append(event)

@@ -17,7 +17,8 @@ writer saw, and every fact tag of a model version holds the hash of the event th
   two deliveries of one event, counted once.
 
 :func:`verify_events` is the pure core (bytes and hashes in, a report out); :func:`verify_model`
-reads the registry and the log through an ``ApprovalClient`` and writes nothing. Exporting
+reads the registry and the log through the ports (:mod:`mlflow_approvals.auditlog`) and writes
+nothing. Exporting
 (:mod:`mlflow_approvals.export`) and reconciling (:mod:`mlflow_approvals.reconcile`) build on
 the reading and ordering helpers here.
 """
@@ -26,30 +27,28 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlflow_approvals import tags as T
 from mlflow_approvals.audit import (
     TYPE_PREFIX,
     canonical,
     event_path,
     parse_event,
 )
+from mlflow_approvals.auditlog import collect_anchors, read_log
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
-    from mlflow_approvals.client import ApprovalClient
+    from mlflow_approvals.ports import Ports
 
 __all__ = [
     "ReportLine",
     "VerifyReport",
     "collect_anchors",
+    "ordered_events",
     "verify_events",
     "verify_model",
 ]
@@ -71,8 +70,6 @@ PROBLEMS = (
 # Event types that change no tag, so nothing can anchor them.
 UNANCHORED_TYPES = frozenset({"attempt.denied", "change.detected"})
 _PLURALS = {"broken link": "broken links", "hash mismatch": "hash mismatches"}
-SYSTEM_ACTOR = "mlflow-approvals"
-SYSTEM_DISPLAY_NAME = "mlflow-approvals (system)"
 
 _NAME = re.compile(r"^(?P<stamp>[0-9]{8}T[0-9]+Z)-(?P<hash>[0-9a-f]{64})\.json$")
 _VERSION_FOLDER = re.compile(r"^events/v(?P<version>[^/]+)/")
@@ -493,101 +490,13 @@ def verify_events(
     return VerifyReport(name, version, tuple(lines), tuple(notes))
 
 
-# ---------------------------------------------------------------------------- registry ---
-def _versions(client: ApprovalClient, name: str) -> list[ModelVersion]:
-    """Every version of model ``name``, with tags, stage and aliases (paged search)."""
-    registry = client._get_registry_client()  # type: ignore[no-untyped-call]
-    quoted = name.replace("'", "\\'")
-    found: list[ModelVersion] = []
-    token = None
-    while True:
-        page = registry.search_model_versions(
-            f"name = '{quoted}'", max_results=1000, order_by=None, page_token=token
-        )
-        found += list(page)
-        token = page.token
-        if not token:
-            return sorted(found, key=lambda mv: int(mv.version))
-
-
-def collect_anchors(name: str, versions: Iterable[ModelVersion]) -> dict[str, set[str]]:
-    """The anchor hashes held in the fact tags of ``versions``: hash -> {"v<version>:<key>"}.
-
-    Only facts of requests filed on that very version count (``copy_model_version`` copies
-    tags, and a copied fact anchors nothing of this model).
-    """
-    anchors: dict[str, set[str]] = {}
-
-    def add(h: str | None, version: str, key: str) -> None:
-        if h:
-            anchors.setdefault(h, set()).add(f"v{version}:{key}")
-
-    for mv in versions:
-        v = str(mv.version)
-        facts = T.VersionFacts(name, v, mv.tags or {})
-        for rid, record in facts.requests.items():
-            add(record.event, v, T.request_key(rid))
-            for s in facts.signoffs.get(rid, ()):
-                add(s.event, v, T.signoff_key(rid, s.actor))
-            for key, ending in (
-                (T.cancel_key(rid), facts.cancelled.get(rid)),
-                (T.applied_key(rid), facts.applied.get(rid)),
-                (T.expired_key(rid), facts.expired.get(rid)),
-            ):
-                add(ending.event if ending else None, v, key)
-    return anchors
-
-
-def _read_log(
-    client: ApprovalClient, name: str
-) -> tuple[list[tuple[str, bytes]], dict[str, set[str]], list[ModelVersion]]:
-    """The log's files, the anchors, and the versions, read so that live writers do not show
-    up as tampering.
-
-    Every step writes its event before its fact, so the tags are read first: each anchor seen
-    then already has its event in the log read next. The tags are read again afterwards, and
-    the new anchors whose events were downloaded are added, so steps that finished meanwhile
-    are not reported as unanchored.
-    """
-    versions = _versions(client, name)
-    anchors = collect_anchors(name, versions)
-    with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
-        files = client.audit.read(name, tmp)
-    if not versions and not files:
-        _require_model(client, name)
-    present = {hashlib.sha256(raw).hexdigest() for _, raw in files}
-    later = _versions(client, name)
-    for h, where in collect_anchors(name, later).items():
-        if h in present or h in anchors:
-            anchors.setdefault(h, set()).update(where)
-    return files, anchors, later
-
-
-def _require_model(client: ApprovalClient, name: str) -> None:
-    """Raise ModelVersionNotFound when ``name`` is not a registered model (it has no log either:
-    a deleted model's log is still verified)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    from mlflow_approvals.errors import ModelVersionNotFound
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise
-        raise ModelVersionNotFound(
-            f"registered model '{name}' does not exist and has no audit log: check the name"
-        ) from None
-
-
-def verify_model(client: ApprovalClient, name: str, version: str | None = None) -> VerifyReport:
+def verify_model(ports: Ports, name: str, version: str | None = None) -> VerifyReport:
     """Verify the audit log of model ``name`` (reporting one version's lines when given).
 
     Reads the model's versions (their fact tags) and downloads the log to a temporary folder;
     writes nothing to MLflow.
     """
-    files, anchors, versions = _read_log(client, name)
+    files, anchors, versions = read_log(ports, name)
     live = [str(mv.version) for mv in versions]
     return verify_events(files, anchors, name=name, version=version, live_versions=live)
 
@@ -603,7 +512,7 @@ def _time_key(event: Mapping[str, Any]) -> tuple[float, str, str]:
     return (when, str(event.get("id", "")), text)
 
 
-def _ordered(
+def ordered_events(
     files: Sequence[tuple[str, bytes]], report: VerifyReport
 ) -> list[tuple[dict[str, Any], ReportLine]]:
     """Every event that parses, one per CloudEvents (source, id), ordered by (time, id).

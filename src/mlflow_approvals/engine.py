@@ -1,0 +1,748 @@
+"""The lifecycle steps (file, sign, cancel, apply, expire, index) against the ports.
+
+Both front ends drive this one engine: ``ApprovalClient`` over the store behind ``MlflowClient``,
+with the caller's claimed identity; the server app over its own registry store, with the
+authenticated user. The actor is an argument of every step, never a property of the engine, so
+one engine per server worker serves every user.
+
+Every step follows the same order, *intent before effect*: read the model version (one round trip
+returns its tags, stage and aliases), decide with the pure lifecycle code, write the audit event,
+then write the fact (or change the registry). If the audit store cannot be written, nothing else
+is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mlflow_approvals import tags as T
+from mlflow_approvals.audit import AuditStore, deterministic_id, make_event
+from mlflow_approvals.errors import (
+    ApprovalPending,
+    InvalidRequest,
+    ModelVersionNotFound,
+    NotAuthorized,
+    RequestNotFound,
+)
+from mlflow_approvals.lifecycle import (
+    SYSTEM,
+    SYSTEM_ACTOR,
+    Actor,
+    ApprovalRequest,
+    Decision,
+    Ending,
+    RequestRecord,
+    Requirement,
+    SignOff,
+    Status,
+    Target,
+    Verdict,
+    decide_cancel,
+    decide_signoff,
+    eligible_signers,
+    utcnow,
+)
+from mlflow_approvals.policy import Policy, Rule, canonical_stage
+from mlflow_approvals.ports import Registry, quote
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+_log = logging.getLogger(__name__)
+_ALIAS = re.compile(r"^[\w\-]{1,255}$")
+
+__all__ = [
+    "SYSTEM",
+    "SYSTEM_ACTOR",
+    "Engine",
+    "validate_alias",
+    "validate_stage",
+    "validate_version",
+]
+
+
+def validate_alias(alias: str) -> str:
+    """``alias`` when MLflow would accept it as an alias name; else InvalidRequest."""
+    if (
+        not isinstance(alias, str)
+        or not _ALIAS.match(alias)
+        or alias.lower() == "latest"
+        or re.fullmatch(r"[vV]\d+", alias)
+    ):
+        raise InvalidRequest(
+            f"invalid alias {alias!r}: use letters, digits, '_' and '-' (at most 255), and not "
+            "'latest' or a version-like name such as 'v3'"
+        )
+    return alias
+
+
+def validate_stage(stage: str) -> str:
+    """The canonical spelling of ``stage``; else InvalidRequest."""
+    try:
+        return canonical_stage(stage)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def validate_version(version: str | int) -> str:
+    """``version`` as a canonical decimal string; else InvalidRequest."""
+    text = str(version).strip()
+    if not text.isdigit():
+        raise InvalidRequest(f"invalid model version {version!r}: a version is a number such as 3")
+    return str(int(text))
+
+
+def parse_status(status: str | Status) -> Status:
+    """``status`` as a Status; else InvalidRequest naming the choices."""
+    try:
+        return Status(str(status).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in Status)
+        raise InvalidRequest(f"unknown status {status!r}: use one of {choices}") from None
+
+
+def not_found(
+    exc: Exception, name: str, version: str | None, alias: str | None = None
+) -> Exception:
+    """``exc`` from the registry as ModelVersionNotFound when it says something does not exist."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    if not isinstance(exc, MlflowException):
+        return exc
+    # A missing alias is INVALID_PARAMETER_VALUE ("alias ... not found") on some stores.
+    missing = exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or (
+        alias is not None and "not found" in exc.message.lower()
+    )
+    if not missing:
+        return exc
+    if alias is not None:
+        what = f"alias '{alias}' of registered model '{name}'"
+    elif version is not None:
+        what = f"version {version} of registered model '{name}'"
+    else:
+        what = f"registered model '{name}'"
+    return ModelVersionNotFound(
+        f"{what} does not exist: check the name and version (MLflow said: {exc.message})"
+    )
+
+
+def pending_error(request: ApprovalRequest) -> ApprovalPending:
+    """The ApprovalPending raised when a gated change was turned into a request."""
+    return ApprovalPending(
+        f"{request.describe()}. Nothing was changed yet: the promotion is applied when the "
+        "last level signs off (see ApprovalPending.request).",
+        request,
+    )
+
+
+def target_value(target: Target, version: str) -> dict[str, Any]:
+    """What the registry holds once ``target`` is applied to ``version``."""
+    if target.kind == "stage":
+        return {"stage": target.value, "version": version}
+    if target.action == "set":
+        return {"alias": target.value, "version": version}
+    return {"alias": target.value, "version": None}
+
+
+def live_value(mv: ModelVersion, target: Target) -> dict[str, Any]:
+    """What the registry holds now for ``target`` on ``mv``."""
+    if target.kind == "stage":
+        return {"stage": mv.current_stage, "version": str(mv.version)}
+    aliases = list(mv.aliases or [])
+    return {"alias": target.value, "version": str(mv.version) if target.value in aliases else None}
+
+
+def is_in_effect(mv: ModelVersion, target: Target) -> bool:
+    """True when the registry already holds what ``target`` asks for."""
+    if target.kind == "stage":
+        return bool(mv.current_stage == target.value)
+    present = target.value in (mv.aliases or [])
+    return present if target.action == "set" else not present
+
+
+def event_kind(target: Target) -> str:
+    """The audit event type that records applying ``target``."""
+    if target.kind == "stage":
+        return "stage.transitioned"
+    return "alias.set" if target.action == "set" else "alias.deleted"
+
+
+class Engine:
+    """The approval lifecycle over a registry port and an audit sink, under a policy.
+
+    Args:
+        registry: the registry port (see :class:`mlflow_approvals.ports.Registry`).
+        audit: where audit events go.
+        policy: the approval policy.
+        clock: the time source (UTC, millisecond precision); tests pass their own.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        audit: AuditStore,
+        policy: Policy,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.registry = registry
+        self.audit = audit
+        self.policy = policy
+        self.clock = clock
+
+    # ------------------------------------------------------------------ gating ------------
+    def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
+        """The rule gating this target; None when ungated. Raises NotAuthorized under deny."""
+        rule = self.policy.match(name, kind, value)  # type: ignore[arg-type]
+        if rule is None and self.policy.default == "deny":
+            raise NotAuthorized(
+                f"no rule of the policy covers {kind} {value!r} of model '{name}', and the "
+                "policy's default is deny: add a rule for it to the policy"
+            )
+        return rule
+
+    # ------------------------------------------------------------------ steps -------------
+    def file(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        target: Target,
+        comment: str | None,
+        mv: ModelVersion | None = None,
+    ) -> ApprovalRequest:
+        """File a request for ``target`` on ``name`` v``version`` (applied at once if ungated).
+
+        An open request for the same target is returned instead of a second one.
+        """
+        comment = T.check_comment(comment)
+        rule = self.rule_for(name, target.kind, target.value)
+        if mv is None:
+            mv, facts = self.read(name, version)
+        else:
+            facts = T.VersionFacts(name, version, mv.tags or {})
+        if rule is None:
+            return self._apply_ungated(actor, mv, target)
+        now = self.clock()
+        self._record_expiries(mv, facts, now)
+        for existing in facts.all_requests(now):
+            if existing.is_open and existing.record.target == target:
+                return existing
+        self._check_not_already(mv, target)
+        levels = tuple(tuple(Requirement(q.role, q.count) for q in lvl) for lvl in rule.levels)
+        problem = eligible_signers(
+            levels,
+            {role: tuple(m) for role, m in self.policy.roles.items()},
+            actor.id if rule.separation_of_duties else None,
+        )
+        if problem:
+            raise InvalidRequest(
+                f"rule '{rule.name}' cannot be satisfied for a request by {actor.id}: {problem}"
+                " (the requester cannot sign their own request). Ask someone else to file it, "
+                "or add members to the roles"
+            )
+        record = RequestRecord(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            version=version,
+            target=target,
+            requester=actor.id,
+            created_at=now,
+            comment=comment,
+            rule=rule.name,
+            levels=levels,
+            separation_of_duties=rule.separation_of_duties,
+            expires_at=None if rule.expires_after is None else now + rule.expires_after,
+            policy_hash=self.policy.content_hash,
+            requester_name=actor.display_name,
+            audit_run=self.audit.writer_run(name),
+        )
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "request.created",
+            record,
+            comment=comment,
+            time=now,
+            before=live_value(mv, target),
+            after=target_value(target, version),
+            extra={
+                "target": {
+                    "kind": target.kind,
+                    "value": target.value,
+                    "action": target.action,
+                    "archive_existing_versions": target.archive_existing_versions,
+                }
+            },
+        )
+        record = RequestRecord(**{**record.__dict__, "event": digest})
+        self._write_tag(name, version, T.request_key(record.id), T.encode_request(record))
+        facts.requests[record.id] = record
+        # Always, even when the index already read "pending": a writer settling another request
+        # on this version may write "idle" between our read and our fact (see architecture.md).
+        self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
+        facts.index = T.INDEX_PENDING
+        return facts.request(record.id, now)
+
+    def file_alias_deletion(
+        self, actor: Actor, name: str, alias: str, comment: str | None
+    ) -> ApprovalRequest:
+        """File a request to delete ``alias``; it is held on the version the alias points at."""
+        validate_alias(alias)
+        try:
+            mv = self.registry.get_model_version_by_alias(name, alias)
+        except Exception as exc:
+            raise not_found(exc, name, None, alias) from None
+        target = Target("alias", alias, "delete")
+        return self.file(actor, name, str(mv.version), target, comment, mv)
+
+    def sign(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        decision: Decision,
+        comment: str | None,
+        request_id: str | None,
+    ) -> ApprovalRequest:
+        """Record ``actor``'s decision on the request; the sign-off completing it applies it."""
+        comment = T.check_comment(comment)
+        if decision == "reject" and (not comment or not comment.strip()):
+            raise InvalidRequest("a rejection needs a reason: pass comment='why'")
+        mv, facts = self.read(name, version)
+        now = self.clock()
+        self._record_expiries(mv, facts, now)
+        request = self.pick(facts, request_id)
+        if decision == "approve" and request.status is Status.APPROVED:
+            return self._apply(actor, mv, facts, request)  # retry of an apply that failed
+        verdict = decide_signoff(
+            request,
+            actor.id,
+            tuple(self.policy.roles_of(actor.id)),
+            decision,
+            members=self.policy.roles,
+        )
+        self._enforce(actor, verdict, mv, facts, request, decision)
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "signoff.approved" if decision == "approve" else "signoff.rejected",
+            request,
+            comment=comment,
+            time=now,
+            extra={"role": verdict.role, "level": verdict.level},
+        )
+        signoff = SignOff(
+            actor=actor.id,
+            decision=decision,
+            role=verdict.role,
+            level=verdict.level if decision == "approve" else None,
+            comment=comment,
+            time=now,
+            display_name=actor.display_name,
+            event=digest,
+        )
+        self._write_tag(
+            name, version, T.signoff_key(request.id, actor.id), T.encode_signoff(signoff)
+        )
+        facts.signoffs.setdefault(request.id, []).append(signoff)
+        after = facts.request(request.id, now)
+        if after.status is Status.REJECTED:
+            self._settle_index(mv, facts)
+        elif (
+            after.status is Status.PENDING
+            and decision == "approve"
+            and verdict.level == len(request.levels)
+        ):
+            # Others may have signed the last level at the same moment: look again, so that
+            # the sign-offs that complete the policy together also apply it.
+            mv, facts = self.read(name, version)
+            after = facts.request(request.id, self.clock())
+        if after.status is Status.APPROVED:
+            return self._apply(actor, mv, facts, after)
+        return after
+
+    def cancel(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        comment: str | None,
+        request_id: str | None,
+    ) -> ApprovalRequest:
+        """Withdraw an open request (the requester, or a member of an admin role)."""
+        comment = T.check_comment(comment)
+        mv, facts = self.read(name, version)
+        request = self.pick(facts, request_id)
+        verdict = decide_cancel(request, actor.id, self.policy.is_admin(actor.id))
+        self._enforce(actor, verdict, mv, facts, request, "cancel")
+        now = self.clock()
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "request.cancelled",
+            request,
+            comment=comment,
+            before={"status": request.status.value},
+            after={"status": "cancelled"},
+            time=now,
+        )
+        ending = Ending(actor.id, now, comment, digest, actor.display_name)
+        self._write_tag(name, version, T.cancel_key(request.id), T.encode_ending(ending))
+        facts.cancelled[request.id] = ending
+        self._settle_index(mv, facts)
+        return facts.request(request.id, self.clock())
+
+    def apply(
+        self, actor: Actor, name: str, version: str, request_id: str | None
+    ) -> ApprovalRequest:
+        """Apply an approved request whose apply failed earlier (for example, audit store down)."""
+        mv, facts = self.read(name, version)
+        request = self.pick(facts, request_id)
+        if request.status is Status.APPLIED:
+            return request
+        if request.status is not Status.APPROVED:
+            raise InvalidRequest(
+                f"request {request.id} is {request.status.value}, not approved: "
+                "only a request every level has signed can be applied"
+            )
+        return self._apply(actor, mv, facts, request)
+
+    # ------------------------------------------------------------------ reading -----------
+    def get(self, name: str, version: str, request_id: str | None = None) -> ApprovalRequest:
+        """The request ``request_id``; without it, the open one, else the newest on the version."""
+        _, facts = self.read(name, version)
+        now = self.clock()
+        if request_id is not None:
+            return self._by_id(facts, request_id, now)
+        requests = facts.all_requests(now)
+        open_ = [r for r in requests if r.is_open]
+        if len(open_) > 1:
+            raise self._ambiguous(name, facts.version, open_)
+        if open_:
+            return open_[0]
+        if requests:
+            return requests[-1]
+        raise RequestNotFound(f"{name} v{facts.version} has no approval request")
+
+    def list_requests(
+        self, name: str | None = None, status: Status | None = None
+    ) -> list[ApprovalRequest]:
+        """Requests across the registry (or of model ``name``) with ``status`` (None: all).
+
+        One server-side tag query (paged), whose results carry the tags: no per-version reads.
+        """
+        index_value = "= 'pending'" if status in (Status.PENDING, Status.APPROVED) else "LIKE '%'"
+        clauses = [f"tags.`{T.INDEX_KEY}` {index_value}"]
+        if name is not None:
+            clauses.insert(0, f"name = {quote(name)}")
+        now = self.clock()
+        found: list[ApprovalRequest] = []
+        for mv in self.registry.search_all(" AND ".join(clauses)):
+            facts = T.VersionFacts(mv.name, str(mv.version), mv.tags or {})
+            found += [r for r in facts.all_requests(now) if status in (None, r.status)]
+        return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    def read(self, name: str, version: str) -> tuple[ModelVersion, T.VersionFacts]:
+        """The model version and the request facts in its tags (one registry read)."""
+        try:
+            mv = self.registry.get_model_version(name, version)
+        except Exception as exc:
+            raise not_found(exc, name, version) from None
+        return mv, T.VersionFacts(name, version, mv.tags or {})
+
+    def pick(self, facts: T.VersionFacts, request_id: str | None) -> ApprovalRequest:
+        """The request to act on: ``request_id``, else the version's one open request."""
+        now = self.clock()
+        if request_id is not None:
+            return self._by_id(facts, request_id, now)
+        open_ = [r for r in facts.all_requests(now) if r.is_open]
+        if not open_:
+            raise RequestNotFound(
+                f"{facts.name} v{facts.version} has no open request: file one with "
+                "request_transition()/request_alias() or `mlflow-approvals request`"
+            )
+        if len(open_) > 1:
+            raise self._ambiguous(facts.name, facts.version, open_)
+        return open_[0]
+
+    def _by_id(self, facts: T.VersionFacts, rid: str, now: datetime) -> ApprovalRequest:
+        if rid not in facts.requests:
+            raise RequestNotFound(
+                f"no request {rid!r} on {facts.name} v{facts.version}: list them with "
+                "list_requests(name) or `mlflow-approvals list --model NAME --status all`"
+            )
+        return facts.request(rid, now)
+
+    @staticmethod
+    def _ambiguous(name: str, version: str, open_: list[ApprovalRequest]) -> InvalidRequest:
+        ids = ", ".join(f"{r.id} ({r.record.target})" for r in open_)
+        return InvalidRequest(
+            f"{name} v{version} has {len(open_)} open requests ({ids}): pass request_id"
+        )
+
+    # ------------------------------------------------------------------ audit -------------
+    def emit(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts | None,
+        type: str,
+        request: ApprovalRequest | RequestRecord | None,
+        *,
+        comment: str | None = None,
+        before: Any = None,
+        after: Any = None,
+        event_id: str | None = None,
+        time: datetime | None = None,
+        extra: Mapping[str, Any] | None = None,
+        rule: str | None = None,
+        version: str | None = None,
+        parents: Iterable[str] = (),
+    ) -> str:
+        """Write one audit event (intent before effect); return its hash."""
+        record = request.record if isinstance(request, ApprovalRequest) else request
+        event = make_event(
+            type=type,
+            name=mv.name,
+            version=version or str(mv.version),
+            actor=actor.id,
+            display_name=actor.display_name,
+            comment=comment,
+            before=before,
+            after=after,
+            request_id=record.id if record else None,
+            policy_hash=record.policy_hash if record else self.policy.content_hash,
+            rule=rule or (record.rule if record else None),
+            run_id=mv.run_id,
+            source=mv.source,
+            parents=[*(facts.event_hashes() if facts else ()), *parents],
+            event_id=event_id,
+            time=time or self.clock(),
+            extra=extra,
+        )
+        return self.audit.append(event, run_id=record.audit_run if record else None)
+
+    def deny(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts | None,
+        request: ApprovalRequest | None,
+        action: str,
+        reason: str,
+        rule: str | None = None,
+    ) -> NotAuthorized:
+        """Audit a refused attempt (best effort: the refusal stands anyway); return the error."""
+        try:
+            self.emit(
+                actor,
+                mv,
+                facts,
+                "attempt.denied",
+                request,
+                comment=reason,
+                rule=rule,
+                extra={"attempted": action},
+            )
+        except Exception as exc:  # the audit store being down must not turn a refusal into 5xx
+            _log.warning("could not audit a refused attempt: %s", exc)
+        return NotAuthorized(reason)
+
+    def _enforce(
+        self,
+        actor: Actor,
+        verdict: Verdict,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest,
+        action: str,
+    ) -> None:
+        if verdict.allowed:
+            return
+        if verdict.kind == "not-authorized":
+            raise self.deny(actor, mv, facts, request, action, verdict.reason)
+        raise InvalidRequest(verdict.reason)
+
+    # ------------------------------------------------------------------ applying ----------
+    @staticmethod
+    def _check_not_already(mv: ModelVersion, target: Target) -> None:
+        if is_in_effect(mv, target):
+            if target.kind == "alias" and target.action == "delete":
+                raise InvalidRequest(f"alias '{target.value}' does not point at this version")
+            raise InvalidRequest(
+                f"{mv.name} v{mv.version} already has {target}: there is nothing to approve"
+            )
+
+    def _change_registry(self, name: str, version: str, target: Target) -> None:
+        """Make the registry hold ``target`` (idempotent for an alias deletion)."""
+        if target.kind == "stage":
+            self.registry.transition_model_version_stage(
+                name, version, target.value, target.archive_existing_versions
+            )
+        elif target.action == "set":
+            self.registry.set_registered_model_alias(name, target.value, version)
+        else:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+            try:
+                self.registry.delete_registered_model_alias(name, target.value)
+            except MlflowException as exc:  # deleted meanwhile by a concurrent applier
+                if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    raise
+
+    def _apply_ungated(self, actor: Actor, mv: ModelVersion, target: Target) -> ApprovalRequest:
+        """No rule gates the target: change the registry at once, as MlflowClient would."""
+        version = str(mv.version)
+        self._change_registry(mv.name, version, target)
+        now = self.clock()
+        record = RequestRecord(
+            id="",
+            name=mv.name,
+            version=version,
+            target=target,
+            requester=actor.id,
+            created_at=now,
+            comment=None,
+            rule="",
+            levels=(),
+            separation_of_duties=False,
+            expires_at=None,
+            policy_hash=self.policy.content_hash,
+        )
+        return ApprovalRequest(
+            record,
+            (),
+            Status.APPLIED,
+            None,
+            (),
+            applied=Ending(actor.id, now, "not gated by the policy", None, actor.display_name),
+        )
+
+    def _apply(
+        self, actor: Actor, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest
+    ) -> ApprovalRequest:
+        """Apply an approved request: audit first, then the registry, then the applied fact.
+
+        Idempotent: a second applier finds the registry already changed and writes nothing
+        to it; the apply event has a deterministic id, and the applied fact is one key.
+        """
+        if request.id in facts.applied:
+            return facts.request(request.id, self.clock())
+        target = request.record.target
+        name, version = mv.name, str(mv.version)
+        now = self.clock()
+        archived: list[ModelVersion] = []
+        in_effect = is_in_effect(mv, target)
+        if target.kind == "stage" and target.archive_existing_versions and not in_effect:
+            archived = [
+                v for v in self._versions_in_stage(name, target.value) if str(v.version) != version
+            ]
+        archived_events = []
+        for other in archived:
+            event = self.emit(
+                SYSTEM,
+                other,
+                facts,
+                "version.archived",
+                request,
+                version=str(other.version),
+                event_id=deterministic_id(request.id, "archived", str(other.version)),
+                before={"stage": other.current_stage, "version": str(other.version)},
+                after={"stage": "Archived", "version": str(other.version)},
+                comment=f"archived by request {request.id} (archive_existing_versions)",
+            )
+            archived_events.append(event)
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            event_kind(target),
+            request,
+            event_id=deterministic_id(request.id, "applied"),
+            before=live_value(mv, target),
+            after=target_value(target, version),
+            comment=f"applied after sign-off by {', '.join(s.actor for s in request.signoffs)}",
+            extra={"already_in_effect": in_effect},
+            parents=archived_events,  # so the archive events are anchored through this one
+        )
+        if not in_effect:
+            self._change_registry(name, version, target)
+        ending = Ending(actor.id, now, None, digest, actor.display_name)
+        if not self._write_shared_fact(mv, T.applied_key(request.id), T.encode_ending(ending)):
+            _, facts = self.read(name, version)  # a concurrent applier's fact stands
+        else:
+            facts.applied[request.id] = ending
+        self._settle_index(mv, facts)
+        return facts.request(request.id, self.clock())
+
+    def _write_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.registry.set_model_version_tag(name, version, key, value)
+
+    def _write_shared_fact(self, mv: ModelVersion, key: str, value: str) -> bool:
+        """Write a fact any of several writers may write (applied, expired) once.
+
+        Two writers creating the same new key at the same moment can make one of them fail
+        with a unique-constraint error (measured on PostgreSQL). Then the other's fact is there
+        and stands: return False. Any other failure is raised.
+        """
+        try:
+            self._write_tag(mv.name, str(mv.version), key, value)
+            return True
+        except Exception:
+            fresh, _ = self.read(mv.name, str(mv.version))
+            if key not in (fresh.tags or {}):
+                raise
+            return False
+
+    def _versions_in_stage(self, name: str, stage: str) -> list[ModelVersion]:
+        """Every version of ``name`` in ``stage`` (MLflow archives all of them, not the latest)."""
+        return [v for v in self.registry.versions_of(name) if v.current_stage == stage]
+
+    def _record_expiries(self, mv: ModelVersion, facts: T.VersionFacts, now: datetime) -> None:
+        """Record (audit + fact) each request whose deadline has passed and is not yet recorded."""
+        for rid in list(facts.requests):
+            request = facts.request(rid, now)
+            if request.status is not Status.EXPIRED or rid in facts.expired:
+                continue
+            deadline = request.expires_at or now
+            digest = self.emit(
+                SYSTEM,
+                mv,
+                facts,
+                "request.expired",
+                request,
+                event_id=deterministic_id(rid, "expired"),
+                time=deadline,
+                before={"status": "pending"},
+                after={"status": "expired"},
+                comment=f"no complete sign-off before {deadline.isoformat()}",
+            )
+            ending = Ending(SYSTEM_ACTOR, deadline, None, digest)
+            if self._write_shared_fact(mv, T.expired_key(rid), T.encode_ending(ending)):
+                facts.expired[rid] = ending
+            self._settle_index(mv, facts)
+
+    def _settle_index(self, mv: ModelVersion, facts: T.VersionFacts) -> None:
+        """Write the index tag from the facts; after writing idle, look again for a new request."""
+        now = self.clock()
+        want = T.INDEX_PENDING if any(r.is_open for r in facts.all_requests(now)) else T.INDEX_IDLE
+        if facts.index == want:
+            return
+        name, version = mv.name, str(mv.version)
+        self._write_tag(name, version, T.INDEX_KEY, want)
+        facts.index = want
+        if want == T.INDEX_IDLE:
+            _, fresh = self.read(name, version)
+            if any(r.is_open for r in fresh.all_requests(self.clock())):
+                self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
+                facts.index = T.INDEX_PENDING
