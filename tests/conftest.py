@@ -13,6 +13,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,85 @@ def mlflow_server() -> Iterator[Server]:
         if pg_db:
             with contextlib.suppress(Exception):
                 _drop_pg_database(pg_db)
+
+
+ADMIN = "admin"
+PASSWORD = "approvals-test-password"  # every test user's (>= 12 characters, as basic-auth asks)
+SERVER_USERS = ("alice", "bob", "carol", "erin", "dave", "frank", "mallory", "root")
+
+
+@dataclass(frozen=True)
+class ApprovalsServer:
+    """The session's `mlflow server --app-name approvals` with basic-auth and its users."""
+
+    server: MlflowServer
+    policy_path: Path
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+    def creds(self, user: str) -> tuple[str, str]:
+        """(username, password) of a test user (or the admin)."""
+        return (user, PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def approvals_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApprovalsServer]:
+    """One real `mlflow server --app-name approvals` (basic-auth) for the whole session, on
+    PostgreSQL with two workers when available."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("approvals-server")
+    policy_path = folder / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(EXAMPLE_POLICY))
+    auth_ini = folder / "basic_auth.ini"
+    auth_ini.write_text(
+        "[mlflow]\n"
+        "default_permission = EDIT\n"
+        f"database_uri = sqlite:///{folder / 'auth.db'}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        "MLFLOW_APPROVALS_POLICY": str(policy_path),
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "approvals-test-secret",
+    }
+    pg_db = _create_pg_database() if postgres_available() else None
+    backend = f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{pg_db}" if pg_db else None
+    try:
+        with testing.mlflow_server(
+            folder / "server",
+            backend_store_uri=backend,
+            workers=2 if pg_db else 1,
+            app_name="approvals",
+            env=env,
+        ) as server:
+            _create_users(server.uri)
+            yield ApprovalsServer(server, policy_path)
+    finally:
+        if pg_db:
+            with contextlib.suppress(Exception):
+                _drop_pg_database(pg_db)
+
+
+def _create_users(uri: str) -> None:
+    from mlflow.server.auth.client import AuthServiceClient
+
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
+    try:
+        admin = AuthServiceClient(uri)
+        for user in SERVER_USERS:
+            admin.create_user(user, PASSWORD)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

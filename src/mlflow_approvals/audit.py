@@ -51,6 +51,9 @@ EVENT_TYPES: dict[str, str] = {
     "alias.deleted": "application",
     "attempt.denied": "denied attempt",
     "change.detected": "change outside the gate",
+    "registry.changed": "direct change",
+    "registry.unchanged": "direct change failed",
+    "gate.bypassed": "change past the gate (report mode)",
 }
 
 
@@ -153,6 +156,11 @@ class AuditStore:
         self._experiment_id: str | None = None
         self._runs: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def tracking(self) -> MlflowClient:
+        """The tracking client the log is written through."""
+        return self._client
 
     # -- where the log lives -------------------------------------------------------------
     def _default_location(self) -> str | None:

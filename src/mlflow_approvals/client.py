@@ -8,8 +8,8 @@ server, a SQL store for a ``sqlite:///`` registry), with the caller's claimed id
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -26,9 +26,10 @@ from mlflow_approvals.engine import (
 )
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
 from mlflow_approvals.identity import resolve_actor, resolve_display_name
-from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Status, Target
+from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Decision, Status, Target
 from mlflow_approvals.policy import Policy, load_policy, policy_from_env
 from mlflow_approvals.ports import Registry
+from mlflow_approvals.remote import RemoteLifecycle
 
 if TYPE_CHECKING:
     from mlflow_approvals.reconcile import ReconcileReport
@@ -48,8 +49,13 @@ class ApprovalClient(MlflowClient):
             client-gated mode the name is the caller's claim, not a proof (see docs/concepts.md).
         display_name: the printed name recorded beside each signature (default: the actor).
         audit: where audit events go; by default an ``AuditStore`` on the same tracking server.
+        server_auth: (user, password) for an approvals server's endpoints, when not the
+            MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD of the environment.
 
-    Everything not gated behaves exactly like ``MlflowClient``.
+    Against a server running the approvals app (``mlflow server --app-name approvals``) every
+    step is sent to the server, which runs it under the authenticated user and its own policy:
+    ``actor`` is then checked against who the server says you are, and a different name is
+    refused. Everything not gated behaves exactly like ``MlflowClient``.
     """
 
     def __init__(
@@ -61,8 +67,13 @@ class ApprovalClient(MlflowClient):
         actor: str | None = None,
         display_name: str | None = None,
         audit: AuditStore | None = None,
+        server_auth: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._claimed = actor
+        self._server_auth = server_auth
+        self._remote: RemoteLifecycle | None = None
+        self._probed = False
         if policy is not None:
             loaded: Policy = load_policy(policy)
         else:
@@ -79,7 +90,42 @@ class ApprovalClient(MlflowClient):
     @property
     def actor(self) -> str:
         """The id recorded as the actor of this client's requests and sign-offs."""
+        remote = self._server()
+        if remote is not None and remote.user:
+            return remote.user
         return self._actor.id
+
+    @property
+    def enforcing_server(self) -> bool:
+        """True when the tracking server runs the approvals app and runs every step itself."""
+        return self._server() is not None
+
+    def _server(self) -> RemoteLifecycle | None:
+        """The approvals server's endpoints, when the tracking server has them (asked once)."""
+        if not self._probed:
+            uri = str(self._tracking_client.tracking_uri)
+            found: RemoteLifecycle | None = None
+            if uri.startswith(("http://", "https://")):
+                from mlflow_approvals.remote import probe
+
+                info = _remote_call(lambda: probe(uri, self._server_auth))
+                if info is not None:
+                    found = RemoteLifecycle(uri, info, self._server_auth)
+            self._remote, self._probed = found, True
+        return self._remote
+
+    def _steps(self) -> _Remote | _Local:
+        """Who runs the lifecycle: the approvals server, or the engine in this process."""
+        remote = self._server()
+        if remote is None:
+            return _Local(self.engine, self._actor)
+        if self._claimed and remote.user and self._claimed != remote.user:
+            raise NotAuthorized(
+                f"the server authenticated you as '{remote.user}'; acting as "
+                f"'{self._claimed}' cannot be claimed. Sign in as '{self._claimed}' instead "
+                "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"
+            )
+        return _Remote(remote)
 
     @property
     def display_name(self) -> str:
@@ -111,6 +157,11 @@ class ApprovalClient(MlflowClient):
     ) -> ModelVersion:
         """Change a version's stage; on a gated target, file a request and raise ApprovalPending."""
         stage = validate_stage(stage)
+        if self.enforcing_server:
+            request = self.request_transition(name, version, stage, archive_existing_versions)
+            if not request.id:  # not gated on the server: applied there
+                return self.get_model_version(name, str(version))
+            raise pending_error(request)
         if self.engine.rule_for(name, "stage", stage) is None:
             return super().transition_model_version_stage(  # type: ignore[no-any-return]
                 name, str(version), stage, archive_existing_versions
@@ -121,6 +172,11 @@ class ApprovalClient(MlflowClient):
     def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
         """Point an alias at a version; if gated, file a request and raise ApprovalPending."""
         validate_alias(alias)
+        if self.enforcing_server:
+            request = self.request_alias(name, version, alias)
+            if request.id:
+                raise pending_error(request)
+            return
         if self.engine.rule_for(name, "alias", alias) is None:
             super().set_registered_model_alias(name, alias, str(version))
             return
@@ -130,6 +186,11 @@ class ApprovalClient(MlflowClient):
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         """Delete an alias; on a gated target, file a request and raise ApprovalPending."""
         validate_alias(alias)
+        if self.enforcing_server:
+            request = self.request_alias_deletion(name, alias)
+            if request.id:
+                raise pending_error(request)
+            return
         if self.engine.rule_for(name, "alias", alias) is None:
             super().delete_registered_model_alias(name, alias)
             return
@@ -180,20 +241,21 @@ class ApprovalClient(MlflowClient):
     ) -> ApprovalRequest:
         """Ask for ``version`` to move to ``stage``; the request is applied at once if ungated."""
         target = Target("stage", validate_stage(stage), "set", bool(archive_existing_versions))
-        return self.engine.file(self._actor, name, validate_version(version), target, comment)
+        return self._steps().file(name, validate_version(version), target, comment)
 
     def request_alias(
         self, name: str, version: str | int, alias: str, comment: str | None = None
     ) -> ApprovalRequest:
         """Ask for ``alias`` to point at ``version``; the request is applied at once if ungated."""
         target = Target("alias", validate_alias(alias), "set")
-        return self.engine.file(self._actor, name, validate_version(version), target, comment)
+        return self._steps().file(name, validate_version(version), target, comment)
 
     def request_alias_deletion(
         self, name: str, alias: str, comment: str | None = None
     ) -> ApprovalRequest:
         """Ask for ``alias`` to be deleted; the request is held on the version it points at."""
-        return self.engine.file_alias_deletion(self._actor, name, alias, comment)
+        target = Target("alias", validate_alias(alias), "delete")
+        return self._steps().file(name, None, target, comment)
 
     def approve(
         self,
@@ -208,7 +270,7 @@ class ApprovalClient(MlflowClient):
         that is approved but not applied (its apply failed) retries the apply.
         """
         version = validate_version(version)
-        return self.engine.sign(self._actor, name, version, "approve", comment, request_id)
+        return self._steps().sign(name, version, "approve", comment, request_id)
 
     def reject(
         self, name: str, version: str | int, comment: str, request_id: str | None = None
@@ -217,7 +279,7 @@ class ApprovalClient(MlflowClient):
         if not comment or not str(comment).strip():
             raise InvalidRequest("a rejection needs a reason: pass comment='why'")
         version = validate_version(version)
-        return self.engine.sign(self._actor, name, version, "reject", comment, request_id)
+        return self._steps().sign(name, version, "reject", comment, request_id)
 
     def cancel(
         self,
@@ -228,19 +290,19 @@ class ApprovalClient(MlflowClient):
     ) -> ApprovalRequest:
         """Withdraw an open request (the requester, or a member of an admin role)."""
         version = validate_version(version)
-        return self.engine.cancel(self._actor, name, version, comment, request_id)
+        return self._steps().cancel(name, version, comment, request_id)
 
     def apply(
         self, name: str, version: str | int, request_id: str | None = None
     ) -> ApprovalRequest:
         """Apply an approved request whose apply failed earlier (for example, audit store down)."""
-        return self.engine.apply(self._actor, name, validate_version(version), request_id)
+        return self._steps().apply(name, validate_version(version), request_id)
 
     def get_request(
         self, name: str, version: str | int, request_id: str | None = None
     ) -> ApprovalRequest:
         """The request ``request_id``; without it, the open one, else the newest on the version."""
-        return self.engine.get(name, validate_version(version), request_id)
+        return self._steps().get(name, validate_version(version), request_id)
 
     def list_requests(
         self, name: str | None = None, status: str | Status | None = "pending"
@@ -249,7 +311,8 @@ class ApprovalClient(MlflowClient):
 
         One server-side tag query (paged), whose results carry the tags: no per-version reads.
         """
-        return self.engine.list_requests(name, None if status is None else parse_status(status))
+        wanted = None if status is None else parse_status(status)
+        return self._steps().list_requests(name, wanted)
 
     # ------------------------------------------------------------------ audit ------------
     def verify_audit(self, name: str, version: str | int | None = None) -> VerifyReport:
@@ -280,3 +343,91 @@ class ApprovalClient(MlflowClient):
                 f"tag key {key!r} is under the reserved prefix '{T.PREFIX}', which only "
                 "mlflow-approvals writes: use request_transition/request_alias/approve instead"
             )
+
+
+class _Local:
+    """The lifecycle run in this process by the engine, as ``actor``."""
+
+    def __init__(self, engine: Engine, actor: Actor) -> None:
+        self.engine = engine
+        self.actor = actor
+
+    def file(
+        self, name: str, version: str | None, target: Target, comment: str | None
+    ) -> ApprovalRequest:
+        if version is None:
+            return self.engine.file_alias_deletion(self.actor, name, target.value, comment)
+        return self.engine.file(self.actor, name, version, target, comment)
+
+    def sign(
+        self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
+    ) -> ApprovalRequest:
+        return self.engine.sign(self.actor, name, version, decision, comment, rid)
+
+    def cancel(
+        self, name: str, version: str, comment: str | None, rid: str | None
+    ) -> ApprovalRequest:
+        return self.engine.cancel(self.actor, name, version, comment, rid)
+
+    def apply(self, name: str, version: str, rid: str | None) -> ApprovalRequest:
+        return self.engine.apply(self.actor, name, version, rid)
+
+    def get(self, name: str, version: str, rid: str | None) -> ApprovalRequest:
+        return self.engine.get(name, version, rid)
+
+    def list_requests(self, name: str | None, status: Status | None) -> list[ApprovalRequest]:
+        return self.engine.list_requests(name, status)
+
+
+class _Remote:
+    """The lifecycle run by the approvals server; its error answers raised as our errors."""
+
+    def __init__(self, remote: RemoteLifecycle) -> None:
+        self.remote = remote
+
+    def file(
+        self, name: str, version: str | None, target: Target, comment: str | None
+    ) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.file(name, version, target, comment))
+
+    def sign(
+        self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
+    ) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.sign(name, version, decision, comment, rid))
+
+    def cancel(
+        self, name: str, version: str, comment: str | None, rid: str | None
+    ) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.cancel(name, version, comment, rid))
+
+    def apply(self, name: str, version: str, rid: str | None) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.apply(name, version, rid))
+
+    def get(self, name: str, version: str, rid: str | None) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.get(name, version, rid))
+
+    def list_requests(self, name: str | None, status: Status | None) -> list[ApprovalRequest]:
+        return _remote_call(lambda: self.remote.list_requests(name, status))
+
+
+_T = TypeVar("_T")
+
+
+def _remote_call(step: Callable[[], _T]) -> _T:
+    """Run ``step``; an error answer of the server becomes the matching ApprovalError."""
+    from mlflow_approvals import errors
+    from mlflow_approvals.remote import RemoteError
+
+    try:
+        return step()
+    except RemoteError as exc:
+        kind = getattr(errors, exc.kind or "", None)
+        if isinstance(kind, type) and issubclass(kind, errors.ApprovalError):
+            if kind is errors.ApprovalPending:
+                kind = errors.InvalidRequest
+            raise kind(exc.message) from None
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos import databricks_pb2
+
+        code = getattr(databricks_pb2, exc.error_code, databricks_pb2.INTERNAL_ERROR)
+        raise MlflowException(exc.message, error_code=code) from None

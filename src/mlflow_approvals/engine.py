@@ -45,6 +45,7 @@ from mlflow_approvals.lifecycle import (
     decide_cancel,
     decide_signoff,
     eligible_signers,
+    ungated,
     utcnow,
 )
 from mlflow_approvals.policy import Policy, Rule, canonical_stage
@@ -604,29 +605,7 @@ class Engine:
         """No rule gates the target: change the registry at once, as MlflowClient would."""
         version = str(mv.version)
         self._change_registry(mv.name, version, target)
-        now = self.clock()
-        record = RequestRecord(
-            id="",
-            name=mv.name,
-            version=version,
-            target=target,
-            requester=actor.id,
-            created_at=now,
-            comment=None,
-            rule="",
-            levels=(),
-            separation_of_duties=False,
-            expires_at=None,
-            policy_hash=self.policy.content_hash,
-        )
-        return ApprovalRequest(
-            record,
-            (),
-            Status.APPLIED,
-            None,
-            (),
-            applied=Ending(actor.id, now, "not gated by the policy", None, actor.display_name),
-        )
+        return ungated(actor, mv.name, version, target, self.policy.content_hash, self.clock())
 
     def _apply(
         self, actor: Actor, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest

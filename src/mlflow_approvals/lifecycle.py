@@ -325,6 +325,28 @@ def format_history(request: ApprovalRequest) -> list[str]:
     return rows
 
 
+def ungated(
+    actor: Actor, name: str, version: str, target: Target, policy_hash: str, now: datetime
+) -> ApprovalRequest:
+    """The result of a change no rule gates: applied at once, with no request id."""
+    record = RequestRecord(
+        id="",
+        name=name,
+        version=version,
+        target=target,
+        requester=actor.id,
+        created_at=now,
+        comment=None,
+        rule="",
+        levels=(),
+        separation_of_duties=False,
+        expires_at=None,
+        policy_hash=policy_hash,
+    )
+    applied = Ending(actor.id, now, "not gated by the policy", None, actor.display_name)
+    return ApprovalRequest(record, (), Status.APPLIED, None, (), applied=applied)
+
+
 def utcnow() -> datetime:
     """The current time, UTC, millisecond precision (the clock the edges pass in)."""
     now = datetime.now(timezone.utc)

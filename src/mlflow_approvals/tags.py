@@ -262,3 +262,21 @@ def check_comment(comment: str | None) -> str | None:
             "shorten it, or link to a longer document"
         )
     return comment
+
+
+def request_facts(request: ApprovalRequest) -> dict[str, str]:
+    """The fact tags of one request, as written: the wire form of a request (the server's
+    approval endpoints send it, and the client rebuilds the request with :class:`VersionFacts`).
+    """
+    rid = request.id
+    facts = {request_key(rid): encode_request(request.record)}
+    for s in request.signoffs:
+        facts[signoff_key(rid, s.actor)] = encode_signoff(s)
+    for key, ending in (
+        (cancel_key(rid), request.cancelled),
+        (applied_key(rid), request.applied),
+        (expired_key(rid), request.expired),
+    ):
+        if ending is not None:
+            facts[key] = encode_ending(ending)
+    return facts

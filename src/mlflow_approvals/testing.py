@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -125,6 +125,9 @@ def mlflow_server(
     backend_store_uri: str | None = None,
     workers: int = 1,
     timeout: float = 120,
+    app_name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    static_prefix: str | None = None,
 ) -> Iterator[MlflowServer]:
     """Run a real ``mlflow server`` on a free loopback port for the duration of the block.
 
@@ -134,6 +137,10 @@ def mlflow_server(
     server and kept in ``root/artifacts``. The server runs with ``workers`` workers, job
     execution off and no ``MLFLOW_TRACKING_URI`` from this process, in its own process group,
     with ``root`` as its working directory and its output in ``root/server.log``.
+
+    ``app_name`` starts an ``mlflow.app`` (``--app-name``; ``"approvals"`` for the approvals
+    server), ``env`` adds environment variables for the server (its policy, basic-auth's
+    settings), and ``static_prefix`` serves everything under that path prefix.
 
     Yields once ``GET /health`` answers 200. On leaving the block the process group gets
     SIGTERM, then SIGKILL if it has not exited within 20 seconds.
@@ -154,8 +161,9 @@ def mlflow_server(
         port = free_port()
         uri = f"http://{_LOOPBACK}:{port}"
         log = folder / "server.log"
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        env.pop("MLFLOW_TRACKING_URI", None)
+        server_env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        server_env.pop("MLFLOW_TRACKING_URI", None)
+        server_env.update(env or {})
         cmd = [
             sys.executable,
             "-m",
@@ -172,20 +180,25 @@ def mlflow_server(
             "--workers",
             str(workers),
         ]
+        if app_name:
+            cmd += ["--app-name", app_name]
+        if static_prefix:
+            cmd += ["--static-prefix", static_prefix]
         started = time.monotonic()
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=server_env,
                 start_new_session=True,
                 cwd=folder,
             )
         try:
-            _wait_ready(uri, proc, log, started + timeout, timeout)
+            health = f"{uri}{static_prefix.rstrip('/')}" if static_prefix else uri
+            _wait_ready(health, proc, log, started + timeout, timeout)
             yield MlflowServer(
-                uri=uri,
+                uri=health,
                 root=folder,
                 backend_store_uri=backend,
                 workers=workers,

@@ -68,7 +68,15 @@ PROBLEMS = (
     "not anchored",
 )
 # Event types that change no tag, so nothing can anchor them.
-UNANCHORED_TYPES = frozenset({"attempt.denied", "change.detected"})
+UNANCHORED_TYPES = frozenset(
+    {
+        "attempt.denied",
+        "change.detected",
+        "registry.changed",
+        "registry.unchanged",
+        "gate.bypassed",
+    }
+)
 _PLURALS = {"broken link": "broken links", "hash mismatch": "hash mismatches"}
 
 _NAME = re.compile(r"^(?P<stamp>[0-9]{8}T[0-9]+Z)-(?P<hash>[0-9a-f]{64})\.json$")

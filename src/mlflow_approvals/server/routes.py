@@ -328,7 +328,7 @@ def route_table(
 @lru_cache(maxsize=1024)
 def _pattern(path: str) -> re.Pattern[str]:
     """A regex for a Werkzeug or Starlette route path. Converters other than ``path`` match one
-    segment; matching more than the router would only makes the gate stricter."""
+    segment; matching more than the router only makes the gate stricter."""
     parts: list[str] = []
     end = 0
     for match in _PARAM.finditer(path):
@@ -371,7 +371,9 @@ def _registry_service_requests() -> frozenset[str]:
             service: Any = getattr(importlib.import_module(module_name), service_name)
         except (ImportError, AttributeError):
             continue  # MLflow 2 has no webhooks
-        names.update(_request_name(m.input_type) for m in service.DESCRIPTOR.methods)
+        names.update(
+            m.input_type.full_name.removeprefix("mlflow.") for m in service.DESCRIPTOR.methods
+        )
     return frozenset(names)
 
 
