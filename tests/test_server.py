@@ -334,3 +334,35 @@ def test_log_verifies_after_a_server_cycle(env: Env) -> None:
     with signed_in(ADMIN):
         report = ApprovalClient(env.uri, env.uri).verify_audit(name)
     assert report.ok, report.lines()
+
+
+def test_break_glass_through_the_server(env: Env) -> None:
+    """root's break-glass applies at once on the server; the review is signed through it too."""
+    name, (v,) = env.model()
+    root = ApprovalClient(env.uri, env.uri, server_auth=("root", PASSWORD))
+    review = root.break_glass(name, v, stage="Production", reason="rollback at 3 a.m.")
+    assert env.version(name, v).current_stage == "Production"
+    assert review.break_glass and review.requester == "root"
+    env.steps("carol").sign(name, v, "approve", None, None)
+    env.steps("bob").sign(name, v, "approve", None, None)
+    done = env.steps("dave").sign(name, v, "approve", None, None)
+    assert done.status.value == "applied"
+
+
+def test_break_glass_by_someone_else_is_refused_on_the_server(env: Env) -> None:
+    """alice is not in the break-glass roles: 403, nothing moves."""
+    name, (v,) = env.model()
+    alice = ApprovalClient(env.uri, env.uri, server_auth=("alice", PASSWORD))
+    with pytest.raises(NotAuthorized):
+        alice.break_glass(name, v, stage="Production", reason="I am in a hurry")
+    assert env.version(name, v).current_stage == "None"
+
+
+def test_reconcile_runs_on_the_server_and_accounts_for_direct_writes(env: Env) -> None:
+    """An ungated move the server recorded is not reported as a change around the gate."""
+    name, (v,) = env.model()
+    with signed_in("bob"):
+        env.plain("bob").transition_model_version_stage(name, v, "Staging")
+    client = ApprovalClient(env.uri, env.uri, server_auth=(ADMIN, PASSWORD))
+    report = client.reconcile(name)
+    assert report.ok and report.changes == (), report.lines

@@ -49,6 +49,7 @@ EVENT_TYPES: dict[str, str] = {
     "version.archived": "application",
     "alias.set": "application",
     "alias.deleted": "application",
+    "breakglass.reviewed": "retrospective review",
     "attempt.denied": "denied attempt",
     "change.detected": "change outside the gate",
     "registry.changed": "direct change",

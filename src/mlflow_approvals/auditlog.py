@@ -45,6 +45,7 @@ def collect_anchors(name: str, versions: Iterable[ModelVersion]) -> dict[str, se
                 (T.cancel_key(rid), facts.cancelled.get(rid)),
                 (T.applied_key(rid), facts.applied.get(rid)),
                 (T.expired_key(rid), facts.expired.get(rid)),
+                (T.breakglass_key(rid), facts.emergency.get(rid)),
             ):
                 add(ending.event if ending else None, v, key)
     return anchors

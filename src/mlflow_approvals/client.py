@@ -314,6 +314,35 @@ class ApprovalClient(MlflowClient):
         wanted = None if status is None else parse_status(status)
         return self._steps().list_requests(name, wanted)
 
+    def break_glass(
+        self,
+        name: str,
+        version: str | int,
+        *,
+        reason: str,
+        stage: str | None = None,
+        alias: str | None = None,
+        archive_existing_versions: bool = False,
+    ) -> ApprovalRequest:
+        """Apply a stage or alias at once in an emergency (a rollback at 3 a.m.).
+
+        Only members of the roles the rule's ``break_glass`` names may, with a reason. The
+        change is audited as break-glass, and the returned request is its retrospective review
+        by the rule's levels, due within the rule's ``review_within``: sign it with
+        :meth:`approve` as usual. An overdue or rejected review fails :meth:`reconcile`.
+        """
+        if (stage is None) == (alias is None):
+            raise InvalidRequest("pass exactly one target: stage=... or alias=...")
+        if stage is not None:
+            target = Target("stage", validate_stage(stage), "set", archive_existing_versions)
+        else:
+            target = Target("alias", validate_alias(alias or ""), "set")
+        return self._steps().break_glass(name, validate_version(version), target, reason)
+
+    def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
+        """Break-glass changes whose review was rejected or is overdue (all models, or one)."""
+        return [r for r in self.list_requests(name, status=None) if r.review_failed]
+
     # ------------------------------------------------------------------ audit ------------
     def verify_audit(self, name: str, version: str | int | None = None) -> VerifyReport:
         """Check the audit log of ``name`` (or one version) against itself and the anchor tags."""
@@ -331,8 +360,11 @@ class ApprovalClient(MlflowClient):
 
     def reconcile(self, name: str) -> ReconcileReport:
         """Report (and audit) every stage or alias change of ``name`` that bypassed the gate."""
-        from mlflow_approvals.reconcile import reconcile_model
+        from mlflow_approvals.reconcile import ReconcileReport, reconcile_model
 
+        remote = self._server()
+        if remote is not None:  # only the server writes the log there
+            return ReconcileReport.from_dict(_remote_call(lambda: remote.reconcile(name)))
         return reconcile_model(self.engine, name)
 
     # ------------------------------------------------------------------ internals --------
@@ -378,6 +410,11 @@ class _Local:
     def list_requests(self, name: str | None, status: Status | None) -> list[ApprovalRequest]:
         return self.engine.list_requests(name, status)
 
+    def break_glass(
+        self, name: str, version: str, target: Target, reason: str | None
+    ) -> ApprovalRequest:
+        return self.engine.break_glass(self.actor, name, version, target, reason)
+
 
 class _Remote:
     """The lifecycle run by the approvals server; its error answers raised as our errors."""
@@ -408,6 +445,11 @@ class _Remote:
 
     def list_requests(self, name: str | None, status: Status | None) -> list[ApprovalRequest]:
         return _remote_call(lambda: self.remote.list_requests(name, status))
+
+    def break_glass(
+        self, name: str, version: str, target: Target, reason: str | None
+    ) -> ApprovalRequest:
+        return _remote_call(lambda: self.remote.break_glass(name, version, target, reason))
 
 
 _T = TypeVar("_T")

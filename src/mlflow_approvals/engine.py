@@ -291,6 +291,96 @@ class Engine:
         facts.index = T.INDEX_PENDING
         return facts.request(record.id, now)
 
+    def break_glass(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        target: Target,
+        reason: str | None,
+        mv: ModelVersion | None = None,
+    ) -> ApprovalRequest:
+        """Apply ``target`` at once in an emergency, and open its review by the rule's levels.
+
+        Only members of the rule's ``break_glass.roles`` may, with a reason. The change is
+        audited as break-glass (intent before effect) and anchored in the request's
+        ``breakglass`` fact; the review is an ordinary request on the same target whose
+        deadline is ``review_within``. It does not expire: past the deadline it is overdue (and
+        ``audit reconcile`` fails) until the levels sign it; a rejection fails it for good.
+        """
+        reason = T.check_comment(reason)
+        if not reason or not reason.strip():
+            raise InvalidRequest("break-glass needs a reason: say what the emergency is")
+        rule = self.rule_for(name, target.kind, target.value)
+        if rule is None:
+            raise InvalidRequest(
+                f"{target} of '{name}' is not gated by the policy: change it directly, no "
+                "break-glass is needed"
+            )
+        if mv is None:
+            mv, facts = self.read(name, version)
+        else:
+            facts = T.VersionFacts(name, version, mv.tags or {})
+        allowed = rule.break_glass.roles if rule.break_glass else ()
+        if not set(allowed) & set(self.policy.roles_of(actor.id)):
+            why = (
+                f"rule '{rule.name}' allows break-glass to {', '.join(allowed)} only"
+                if allowed
+                else f"rule '{rule.name}' allows no break-glass"
+            )
+            raise self.deny(actor, mv, facts, None, "break-glass", why, rule=rule.name)
+        assert rule.break_glass is not None
+        self._check_not_already(mv, target)
+        now = self.clock()
+        levels = tuple(tuple(Requirement(q.role, q.count) for q in lvl) for lvl in rule.levels)
+        record = RequestRecord(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            version=version,
+            target=target,
+            requester=actor.id,
+            created_at=now,
+            comment=reason,
+            rule=rule.name,
+            levels=levels,
+            separation_of_duties=rule.separation_of_duties,
+            expires_at=None,  # a review does not expire: it becomes overdue, and stays signable
+            policy_hash=self.policy.content_hash,
+            requester_name=actor.display_name,
+            audit_run=self.audit.writer_run(name),
+            break_glass=True,
+            review_by=now + rule.break_glass.review_within,
+        )
+        in_effect = live_value(mv, target)
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            event_kind(target),
+            record,
+            comment=reason,
+            time=now,
+            before=in_effect,
+            after=target_value(target, version),
+            extra={"break_glass": True, "review_by": T.encode_time(record.review_by)},
+        )
+        record = RequestRecord(**{**record.__dict__, "event": digest})
+        # Facts first (the request and its emergency), then the registry: a crash in between
+        # leaves a review of a change that did not happen, never a change without its record.
+        self._write_tag(name, version, T.request_key(record.id), T.encode_request(record))
+        ending = Ending(actor.id, now, reason, digest, actor.display_name)
+        self._write_tag(name, version, T.breakglass_key(record.id), T.encode_ending(ending))
+        self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
+        self._change_registry(name, version, target)
+        facts.requests[record.id] = record
+        facts.emergency[record.id] = ending
+        facts.index = T.INDEX_PENDING
+        return facts.request(record.id, now)
+
+    def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
+        """Break-glass changes whose review was rejected or is overdue."""
+        return [r for r in self.list_requests(name, None) if r.review_failed]
+
     def file_alias_deletion(
         self, actor: Actor, name: str, alias: str, comment: str | None
     ) -> ApprovalRequest:
@@ -617,6 +707,8 @@ class Engine:
         """
         if request.id in facts.applied:
             return facts.request(request.id, self.clock())
+        if request.break_glass:
+            return self._complete_review(actor, mv, facts, request)
         target = request.record.target
         name, version = mv.name, str(mv.version)
         now = self.clock()
@@ -659,6 +751,32 @@ class Engine:
         ending = Ending(actor.id, now, None, digest, actor.display_name)
         if not self._write_shared_fact(mv, T.applied_key(request.id), T.encode_ending(ending)):
             _, facts = self.read(name, version)  # a concurrent applier's fact stands
+        else:
+            facts.applied[request.id] = ending
+        self._settle_index(mv, facts)
+        return facts.request(request.id, self.clock())
+
+    def _complete_review(
+        self, actor: Actor, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest
+    ) -> ApprovalRequest:
+        """Every level signed a break-glass change: record the review; the registry is left as
+        it is now (the emergency change was applied long ago, and may have moved on since)."""
+        signers = ", ".join(s.actor for s in request.signoffs)
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "breakglass.reviewed",
+            request,
+            event_id=deterministic_id(request.id, "applied"),
+            before={"status": "pending review"},
+            after={"status": "reviewed"},
+            comment=f"break-glass change reviewed by {signers}",
+            extra={"overdue": request.overdue},
+        )
+        ending = Ending(actor.id, self.clock(), "reviewed", digest, actor.display_name)
+        if not self._write_shared_fact(mv, T.applied_key(request.id), T.encode_ending(ending)):
+            _, facts = self.read(mv.name, str(mv.version))
         else:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)

@@ -141,6 +141,8 @@ class RequestRecord:
     event: str | None = None
     requester_name: str | None = None  # the printed name recorded with the request
     audit_run: str | None = None  # the audit run its events go to (saves each signer a look-up)
+    break_glass: bool = False  # applied at once in an emergency; the levels review it afterwards
+    review_by: datetime | None = None  # a break-glass change's review deadline
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ class ApprovalRequest:
     cancelled: Ending | None = None
     applied: Ending | None = None
     expired: Ending | None = None
+    emergency: Ending | None = None  # the break-glass application, before any review
+    overdue: bool = False  # a break-glass review still open after its deadline
 
     # Flat accessors, so callers read request.target rather than request.record.target.
     @property
@@ -218,6 +222,16 @@ class ApprovalRequest:
     def is_open(self) -> bool:
         return self.status.is_open
 
+    @property
+    def break_glass(self) -> bool:
+        """True for an emergency change applied at once, whose review is this request."""
+        return self.record.break_glass
+
+    @property
+    def review_failed(self) -> bool:
+        """A break-glass change whose review was rejected, or is open past its deadline."""
+        return self.break_glass and (self.overdue or self.status is Status.REJECTED)
+
     def history(self) -> list[str]:
         """The filing, each sign-off and the ending, one human-readable line each (§11.50)."""
         return format_history(self)
@@ -225,6 +239,8 @@ class ApprovalRequest:
     def describe(self) -> str:
         """One line: what is asked, and where it stands."""
         head = f"request {self.id}: {self.name} v{self.version} -> {self.record.target}"
+        if self.break_glass:
+            head += " (applied by break-glass; this is its review)"
         if self.status is Status.PENDING and self.open_level is not None:
             need = ", ".join(str(m) for m in self.missing)
             return f"{head}: pending at level {self.open_level} (needs {need})"
@@ -276,6 +292,17 @@ class ApprovalRequest:
                 "display_name": self.cancelled.display_name or self.cancelled.actor,
                 "time": ts(self.cancelled.time),
                 "comment": self.cancelled.comment,
+            },
+            "break_glass": self.break_glass,
+            "review_by": ts(self.record.review_by),
+            "overdue": self.overdue,
+            "emergency": None
+            if self.emergency is None
+            else {
+                "actor": self.emergency.actor,
+                "display_name": self.emergency.display_name or self.emergency.actor,
+                "time": ts(self.emergency.time),
+                "comment": self.emergency.comment,
             },
             "applied": None
             if self.applied is None
@@ -383,8 +410,12 @@ def derive(
     cancelled: Ending | None = None,
     applied: Ending | None = None,
     expired: Ending | None = None,
+    emergency: Ending | None = None,
 ) -> ApprovalRequest:
-    """Derive a request's status from its facts and the clock."""
+    """Derive a request's status from its facts and the clock.
+
+    A break-glass request was applied at once (``emergency``); its status is that of its review.
+    """
     ordered = tuple(sorted(signoffs, key=lambda s: (s.time, s.actor)))
     open_level, missing = level_progress(record.levels, ordered)
     # An applied fact wins: the registry was changed. A rejection or cancel can only sit beside
@@ -411,6 +442,13 @@ def derive(
         cancelled=cancelled,
         applied=applied,
         expired=expired,
+        emergency=emergency,
+        overdue=bool(
+            record.break_glass
+            and status is Status.PENDING
+            and record.review_by is not None
+            and now >= record.review_by
+        ),
     )
 
 

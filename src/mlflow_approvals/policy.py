@@ -158,6 +158,31 @@ class Requirement(BaseModel):
 Level = Annotated[tuple[Requirement, ...], Field(min_length=1)]
 
 
+class BreakGlass(BaseModel):
+    """Who may apply at once in an emergency, and how soon the rule's levels must review it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]
+    review_within: timedelta
+
+    @field_validator("review_within", mode="before")
+    @classmethod
+    def _parse_deadline(cls, value: Any) -> timedelta:
+        if isinstance(value, str):
+            return parse_duration(value)
+        if isinstance(value, timedelta):
+            format_duration(value)
+            return value
+        raise ValueError(
+            f"review_within must be a duration string, got {value!r}: {_DURATION_HINT}"
+        )
+
+    @field_serializer("review_within")
+    def _dump_deadline(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
 class Rule(BaseModel):
     """Which targets a rule gates, and the ordered levels of sign-off it asks for.
 
@@ -175,6 +200,7 @@ class Rule(BaseModel):
     levels: Annotated[tuple[Level, ...], Field(min_length=1)]
     expires_after: timedelta | None = None
     separation_of_duties: bool = True
+    break_glass: BreakGlass | None = None
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -275,7 +301,11 @@ class Policy(BaseModel):
         The same policy written with other key order, YAML or JSON, or the one-requirement
         level shorthand gives the same hash.
         """
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json")
+        for rule in dumped["rules"]:  # a policy without break-glass hashes as it always did
+            if rule.get("break_glass") is None:
+                rule.pop("break_glass", None)
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def match(self, model: str, kind: Literal["stage", "alias"], value: str) -> Rule | None:
@@ -394,6 +424,15 @@ def _rule_problems(
 ) -> Iterator[tuple[Loc, str]]:
     """Requirements naming unknown or too-small roles, then the distinct-signer check."""
     found = False
+    if rule.break_glass is not None:
+        for role_index, role in enumerate(rule.break_glass.roles):
+            if role not in roles:
+                defined = ", ".join(roles) or "none"
+                yield (
+                    ("rules", index, "break_glass", "roles", role_index),
+                    f"role {role!r} is not defined under roles (defined: {defined}): "
+                    "define it or fix the name",
+                )
     for level_index, level in enumerate(rule.levels):
         for req_index, req in enumerate(level):
             loc: Loc = ("rules", index, "levels", level_index, req_index)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
     from mlflow_approvals.audit import AuditStore
@@ -97,7 +99,7 @@ class Registry:
 
 
 class Ports(Protocol):
-    """What the audit readers need: the registry, the audit sink and the policy."""
+    """What the audit readers need: the registry, the audit sink, the policy and the clock."""
 
     @property
     def registry(self) -> Registry: ...
@@ -107,3 +109,7 @@ class Ports(Protocol):
 
     @property
     def policy(self) -> Policy: ...
+
+    def clock(self) -> datetime:
+        """The current time (UTC)."""
+        ...

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow_approvals import tags as T
@@ -20,7 +21,7 @@ from mlflow_approvals.audit import (
     make_event,
 )
 from mlflow_approvals.auditlog import read_log
-from mlflow_approvals.lifecycle import SYSTEM
+from mlflow_approvals.lifecycle import SYSTEM, Status
 from mlflow_approvals.verify import (
     VALID,
     ordered_events,
@@ -39,7 +40,7 @@ __all__ = ["Change", "ReconcileReport", "reconcile_model", "replay"]
 class Change:
     """A difference between what the audit log says and what the registry holds."""
 
-    what: Literal["stage", "alias", "tag", "version"]
+    what: Literal["stage", "alias", "tag", "version", "review"]
     version: str | None
     key: str | None  # the alias or the tag key; None for a stage
     expected: Any
@@ -53,6 +54,8 @@ class Change:
             return f"v{self.version} tag {self.key}: {self.actual}"
         if self.what == "version":
             return f"v{self.version}: the audit log has its history, the registry deleted it"
+        if self.what == "review":
+            return f"v{self.version} break-glass change (request {self.key}): {self.actual}"
         head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
         return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
 
@@ -82,6 +85,9 @@ class ReconcileReport:
     versions_checked: int
     events_replayed: int
     log_ok: bool = True
+    reviews: tuple[Change, ...] = ()
+    """Break-glass changes whose review was rejected or is overdue (not recorded as events:
+    they are read from the requests each time, and fail the report until the review is done)."""
 
     @property
     def bypassed(self) -> tuple[Change, ...]:
@@ -90,7 +96,7 @@ class ReconcileReport:
 
     @property
     def ok(self) -> bool:
-        return not self.bypassed
+        return not self.bypassed and not self.reviews
 
     @property
     def summary(self) -> str:
@@ -102,16 +108,32 @@ class ReconcileReport:
         ungated = len(self.changes) - n
         if ungated:
             text += f"; {ungated} ungated {'change' if ungated == 1 else 'changes'} recorded"
+        if self.reviews:
+            n = len(self.reviews)
+            text += f"; {n} break-glass {'review' if n == 1 else 'reviews'} rejected or overdue"
         if not self.log_ok:
             text += "; the audit log does not verify: run verify_audit"
         return text
 
     @property
     def lines(self) -> list[str]:
-        return [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
+        changed = [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
+        return changed + [f"REVIEW   {c}" for c in self.reviews]
 
     def __str__(self) -> str:
         return "\n".join([*self.lines, self.summary])
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReconcileReport:
+        """The report :meth:`to_dict` described (as the approvals server sends it)."""
+        return cls(
+            name=str(d["name"]),
+            changes=tuple(Change(**c) for c in d.get("changes", [])),
+            versions_checked=int(d["versions_checked"]),
+            events_replayed=int(d["events_replayed"]),
+            log_ok=bool(d.get("log_ok", True)),
+            reviews=tuple(Change(**c) for c in d.get("reviews", [])),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +144,7 @@ class ReconcileReport:
             "versions_checked": self.versions_checked,
             "events_replayed": self.events_replayed,
             "changes": [c.to_dict() for c in self.changes],
+            "reviews": [c.to_dict() for c in self.reviews],
         }
 
 
@@ -136,12 +159,30 @@ class _Expected:
     deleted: set[str] = field(default_factory=set)  # versions recorded as deleted
 
 
+_DIRECT = ("registry.changed", "gate.bypassed")  # direct writes the server let through
+
+
 def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
-    """Replay (hash, event) pairs, oldest first, into the registry state they account for."""
+    """Replay (hash, event) pairs, oldest first, into the registry state they account for.
+
+    A direct write the server let through (``registry.changed``, or ``gate.bypassed`` in report
+    mode) counts, unless a ``registry.unchanged`` event says MLflow then refused it.
+    """
+    events = list(events)
+    failed = {
+        str(p)
+        for _, event in events
+        if str(event.get("type", "")) == TYPE_PREFIX + "registry.unchanged"
+        for p in (event.get("data") or {}).get("parents", [])
+    }
     state = _Expected()
     for digest, event in events:
         kind = str(event.get("type", "")).removeprefix(TYPE_PREFIX)
         data = event.get("data") or {}
+        if kind in _DIRECT:
+            if digest in failed:
+                continue
+            kind = "change.detected"  # same shape: before and after of a stage, alias, version
         version = data.get("model", {}).get("version")
         if version is not None and str(version).isdigit():
             state.known.add(str(version))
@@ -187,6 +228,7 @@ def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
             (T.cancel_key(rid), facts.cancelled.get(rid)),
             (T.applied_key(rid), facts.applied.get(rid)),
             (T.expired_key(rid), facts.expired.get(rid)),
+            (T.breakglass_key(rid), facts.emergency.get(rid)),
         ):
             if ending is not None:
                 known[key] = ending.event
@@ -256,7 +298,27 @@ def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
         digest = _record(ports, name, change, held_by, basis, anchors, heads)
         heads = {digest}
         recorded.append(Change(**{**change.__dict__, "event": digest}))
-    return ReconcileReport(name, tuple(recorded), len(by_version), len(ordered), log_ok=report.ok)
+    return ReconcileReport(
+        name,
+        tuple(recorded),
+        len(by_version),
+        len(ordered),
+        log_ok=report.ok,
+        reviews=tuple(_failed_reviews(name, versions, ports.clock())),
+    )
+
+
+def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) -> list[Change]:
+    """Break-glass changes of ``name`` whose review was rejected or is overdue at ``now``."""
+    found = []
+    for mv in versions:
+        facts = T.VersionFacts(name, str(mv.version), mv.tags or {})
+        for r in facts.all_requests(now):
+            if r.review_failed:
+                by = r.record.review_by.isoformat() if r.record.review_by else "?"
+                actual = "review rejected" if r.status is Status.REJECTED else f"overdue since {by}"
+                found.append(Change("review", r.version, r.id, f"reviewed by {by}", actual))
+    return found
 
 
 def _is_gated(ports: Ports, name: str, change: Change) -> bool:

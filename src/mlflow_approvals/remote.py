@@ -102,6 +102,21 @@ class RemoteLifecycle:
         now = utcnow()
         return [wire.decode_request(item, now) for item in body.get("requests", [])]
 
+    def break_glass(
+        self, name: str, version: str, target: Target, reason: str | None
+    ) -> ApprovalRequest:
+        params: dict[str, Any] = {"name": name, "version": version, "reason": reason}
+        if target.kind == "stage":
+            params["stage"] = target.value
+            params["archive_existing_versions"] = target.archive_existing_versions
+        else:
+            params["alias"] = target.value
+        return self._one("break-glass", params)
+
+    def reconcile(self, name: str) -> dict[str, Any]:
+        """Run reconcile on the server (it alone may write the audit log); the report's dict."""
+        return call(self.base_uri, "reconcile", {"name": name}, self.auth)
+
     def _one(self, action: str, params: Mapping[str, Any]) -> ApprovalRequest:
         return wire.decode_request(call(self.base_uri, action, params, self.auth), utcnow())
 

@@ -7,6 +7,7 @@ Each fact is written once, under a key only its writer uses (see docs/architectu
     mlflow_approvals.r.<rid>.cancel           the cancellation
     mlflow_approvals.r.<rid>.applied          the application
     mlflow_approvals.r.<rid>.expired          the expiry, recorded by whoever noticed it
+    mlflow_approvals.r.<rid>.breakglass       the emergency application (break-glass)
     mlflow_approvals.index                    "pending" | "idle": the searchable index
 """
 
@@ -39,7 +40,7 @@ MAX_COMMENT_CHARS = 5000
 MAX_VALUE_CHARS = 100_000  # MLflow's limit for model-version tag values
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _FACT = re.compile(
-    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired))?$"
+    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired|breakglass))?$"
 )
 
 
@@ -74,6 +75,15 @@ def expired_key(rid: str) -> str:
     return f"{_REQ}{rid}.expired"
 
 
+def breakglass_key(rid: str) -> str:
+    return f"{_REQ}{rid}.breakglass"
+
+
+def encode_time(t: datetime | None) -> str | None:
+    """A time as the facts and events write it (ISO 8601, ``Z``)."""
+    return None if t is None else _ts(t)
+
+
 def _ts(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
@@ -90,30 +100,32 @@ def _dump(data: dict[str, Any]) -> str:
 
 
 def encode_request(r: RequestRecord) -> str:
-    return _dump(
-        {
-            "id": r.id,
-            "name": r.name,
-            "version": r.version,
-            "target": {
-                "kind": r.target.kind,
-                "value": r.target.value,
-                "action": r.target.action,
-                "archive_existing_versions": r.target.archive_existing_versions,
-            },
-            "requester": r.requester,
-            "created_at": _ts(r.created_at),
-            "comment": r.comment,
-            "rule": r.rule,
-            "levels": [[[q.role, q.count] for q in lvl] for lvl in r.levels],
-            "separation_of_duties": r.separation_of_duties,
-            "expires_at": None if r.expires_at is None else _ts(r.expires_at),
-            "policy_hash": r.policy_hash,
-            "event": r.event,
-            "requester_name": r.requester_name,
-            "audit_run": r.audit_run,
-        }
-    )
+    data: dict[str, Any] = {
+        "id": r.id,
+        "name": r.name,
+        "version": r.version,
+        "target": {
+            "kind": r.target.kind,
+            "value": r.target.value,
+            "action": r.target.action,
+            "archive_existing_versions": r.target.archive_existing_versions,
+        },
+        "requester": r.requester,
+        "created_at": _ts(r.created_at),
+        "comment": r.comment,
+        "rule": r.rule,
+        "levels": [[[q.role, q.count] for q in lvl] for lvl in r.levels],
+        "separation_of_duties": r.separation_of_duties,
+        "expires_at": None if r.expires_at is None else _ts(r.expires_at),
+        "policy_hash": r.policy_hash,
+        "event": r.event,
+        "requester_name": r.requester_name,
+        "audit_run": r.audit_run,
+    }
+    if r.break_glass:
+        data["break_glass"] = True
+        data["review_by"] = None if r.review_by is None else _ts(r.review_by)
+    return _dump(data)
 
 
 def decode_request(name: str, version: str, value: str) -> RequestRecord:
@@ -138,6 +150,8 @@ def decode_request(name: str, version: str, value: str) -> RequestRecord:
         event=d.get("event"),
         requester_name=d.get("requester_name"),
         audit_run=d.get("audit_run"),
+        break_glass=d.get("break_glass") is True,
+        review_by=None if d.get("review_by") is None else _parse_ts(d["review_by"]),
     )
 
 
@@ -200,6 +214,7 @@ class VersionFacts:
         self.cancelled: dict[str, Ending] = {}
         self.applied: dict[str, Ending] = {}
         self.expired: dict[str, Ending] = {}
+        self.emergency: dict[str, Ending] = {}
         self.index = tags.get(INDEX_KEY)
         for key, value in tags.items():
             m = _FACT.match(key)
@@ -215,6 +230,8 @@ class VersionFacts:
                     self.applied[rid] = decode_ending(value)
                 elif m.group(4) == "expired":
                     self.expired[rid] = decode_ending(value)
+                elif m.group(4) == "breakglass":
+                    self.emergency[rid] = decode_ending(value)
                 else:
                     record = decode_request(name, version, value)
                     if record.id == rid:
@@ -233,6 +250,7 @@ class VersionFacts:
             cancelled=self.cancelled.get(rid),
             applied=self.applied.get(rid),
             expired=self.expired.get(rid),
+            emergency=self.emergency.get(rid) if self.requests[rid].break_glass else None,
         )
 
     def all_requests(self, now: datetime) -> list[ApprovalRequest]:
@@ -245,7 +263,7 @@ class VersionFacts:
         own = self.requests  # facts copied from another version (copy_model_version) don't count
         hashes = [r.event for r in own.values()]
         hashes += [s.event for rid, sl in self.signoffs.items() if rid in own for s in sl]
-        for endings in (self.cancelled, self.applied, self.expired):
+        for endings in (self.cancelled, self.applied, self.expired, self.emergency):
             hashes += [e.event for rid, e in endings.items() if rid in own]
         return sorted({h for h in hashes if h})
 
@@ -276,6 +294,7 @@ def request_facts(request: ApprovalRequest) -> dict[str, str]:
         (cancel_key(rid), request.cancelled),
         (applied_key(rid), request.applied),
         (expired_key(rid), request.expired),
+        (breakglass_key(rid), request.emergency),
     ):
         if ending is not None:
             facts[key] = encode_ending(ending)

@@ -71,6 +71,7 @@ EXAMPLE_POLICY: dict[str, Any] = {
                 [{"role": "business-owner", "count": 1}],
             ],
             "expires_after": "7d",
+            "break_glass": {"roles": ["admin"], "review_within": "24h"},
         }
     ],
     "default": "allow",
@@ -78,7 +79,8 @@ EXAMPLE_POLICY: dict[str, Any] = {
 """An example policy: promoting ``fraud-*`` to Production (or ``@champion``) needs one
 data-scientist and one ml-engineer at level 1, then one business-owner at level 2, within 7 days;
 everything else is allowed. People: alice, bob (data-scientist); carol, erin (ml-engineer);
-dave, frank (business-owner); root (admin, may cancel any request).
+dave, frank (business-owner); root (admin, may cancel any request, and may apply a promotion at
+once in an emergency: break-glass, reviewed by the rule's levels within 24 hours).
 
 A plain mapping, shared by everyone who imports it: pass ``copy.deepcopy(EXAMPLE_POLICY)`` to
 code that changes it.

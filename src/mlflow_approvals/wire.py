@@ -31,6 +31,8 @@ ACTIONS: dict[str, str] = {
     "apply": "POST",
     "get": "GET",
     "list": "GET",
+    "reconcile": "POST",
+    "break-glass": "POST",
 }
 
 __all__ = ["ACTIONS", "API_BASE", "decode_request", "encode_request", "rest_path"]

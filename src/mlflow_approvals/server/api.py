@@ -15,6 +15,9 @@ cancel     POST    name, version, comment, request_id
 apply      POST    name, version, request_id
 get        GET     name, version, request_id
 list       GET     name, status (default pending; "all" for every status)
+reconcile  POST    name: record and report changes made around the gate
+break-glass POST   name, version, stage or alias, reason: apply at once (an emergency, by a
+                   role the rule names), then review by the rule's levels
 =========  ======  =====================================================================
 
 Each answer is one request in its wire form (:mod:`mlflow_approvals.wire`), or ``requests``
@@ -65,6 +68,10 @@ def register(app: Flask, engine: Engine, settings: ServerSettings, prefix: str =
         "get": lambda actor, p: engine.get(*_version_of(p), _rid(p)),
         "list": lambda actor, p: _list(engine, p),
         "info": lambda actor, p: _info(engine, settings, actor),
+        "reconcile": lambda actor, p: _reconcile(engine, p),
+        "break-glass": lambda actor, p: engine.break_glass(
+            actor, *_version_of(p), _target(p), _text(p, "reason", required=False)
+        ),
     }
     for action, method in wire.ACTIONS.items():
         view = _view(action, handlers[action], settings)
@@ -123,7 +130,7 @@ def _authenticated() -> bool:
     return True
 
 
-_NEEDS = {"request": "can_update", "list": None, "info": None}
+_NEEDS = {"request": "can_update", "break-glass": "can_update", "list": None, "info": None}
 
 
 def _permission(name: str) -> Any:
@@ -234,19 +241,32 @@ def _file(engine: Engine, actor: Actor, params: Mapping[str, Any]) -> Any:
     if alias is not None and action == "delete":
         return engine.file_alias_deletion(actor, name, alias, comment)
     version = validate_version(_text(params, "version") or "")
+    return engine.file(actor, name, version, _target(params), comment)
+
+
+def _target(params: Mapping[str, Any]) -> Target:
+    """The stage or alias (set) a step names."""
+    stage, alias = _text(params, "stage", False), _text(params, "alias", False)
+    if (stage is None) == (alias is None):
+        raise InvalidRequest("name exactly one target: 'stage' or 'alias'")
     if stage is not None:
-        target = Target(
-            "stage", validate_stage(stage), "set", _flag(params, "archive_existing_versions")
-        )
-    else:
-        target = Target("alias", validate_alias(alias or ""), "set")
-    return engine.file(actor, name, version, target, comment)
+        archive = _flag(params, "archive_existing_versions")
+        return Target("stage", validate_stage(stage), "set", archive)
+    return Target("alias", validate_alias(alias or ""), "set")
 
 
 def _list(engine: Engine, params: Mapping[str, Any]) -> Any:
     status = _text(params, "status", required=False) or "pending"
     wanted = None if status.lower() == "all" else parse_status(status)
     return engine.list_requests(_text(params, "name", required=False), wanted)
+
+
+def _reconcile(engine: Engine, params: Mapping[str, Any]) -> dict[str, Any]:
+    from mlflow_approvals.reconcile import reconcile_model
+
+    name = _text(params, "name")
+    assert name is not None
+    return reconcile_model(engine, name).to_dict()
 
 
 def _info(engine: Engine, settings: ServerSettings, actor: Actor) -> dict[str, Any]:
