@@ -9,6 +9,7 @@ comes from the approvals gate, not from basic-auth.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -366,3 +367,21 @@ def test_reconcile_runs_on_the_server_and_accounts_for_direct_writes(env: Env) -
     client = ApprovalClient(env.uri, env.uri, server_auth=(ADMIN, PASSWORD))
     report = client.reconcile(name)
     assert report.ok and report.changes == (), report.lines
+
+
+def test_user_and_permission_changes_are_audited(env: Env) -> None:
+    """basic-auth's user and permission writes land in the access log, password redacted."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from mlflow_approvals.server.gate import ACCESS_LOG
+
+    name, _ = env.model()
+    user = unique_name("newcomer")
+    with signed_in(ADMIN):
+        admin = AuthServiceClient(env.uri)
+        admin.create_user(user, PASSWORD)
+        admin.grant_user_permission(user, "registered_model", name, "READ")
+    events = [e for e in env.events(ACCESS_LOG) if user in json.dumps(e)]
+    assert len(events) == 2
+    assert {e["data"]["actor"]["id"] for e in events} == {ADMIN}
+    assert PASSWORD not in json.dumps(events)

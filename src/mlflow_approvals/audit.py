@@ -53,6 +53,7 @@ EVENT_TYPES: dict[str, str] = {
     "attempt.denied": "denied attempt",
     "change.detected": "change outside the gate",
     "registry.changed": "direct change",
+    "access.changed": "user or permission change",
     "registry.unchanged": "direct change failed",
     "gate.bypassed": "change past the gate (report mode)",
 }

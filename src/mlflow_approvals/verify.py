@@ -74,6 +74,7 @@ UNANCHORED_TYPES = frozenset(
         "change.detected",
         "registry.changed",
         "registry.unchanged",
+        "access.changed",
         "gate.bypassed",
     }
 )

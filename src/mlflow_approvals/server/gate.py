@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _INTENT = "mlflow_approvals_intent"
+ACCESS_LOG = "mlflow-approvals/access"
+"""The log of user and permission changes. A registered model's name cannot contain '/', so
+no model's log can be mistaken for it."""
+_ACCESS_ROUTE = re.compile(
+    r"/(?:ajax-)?api/\d+\.\d+/mlflow/(?:users|roles)(?:/|$)|/permissions(?:/|$)"
+)
 
 __all__ = ["Gate", "GateMiddleware", "RegistryView"]
 
@@ -101,7 +108,7 @@ class Gate:
             return None
         found = routes.door_for(request.path, request.method, self.table)
         if found is None:
-            return None
+            return self._access_change(request)
         route, door = found
         try:
             params = _flask_params(route, request)
@@ -123,6 +130,34 @@ class Gate:
                     409,
                 )
             setattr(g, _INTENT, (judgement, route, digest))
+        return None
+
+    def _access_change(self, request: Any) -> Response | None:
+        """Record a user, role or permission change (basic-auth's routes) before it happens."""
+        from flask import g
+
+        if request.method in ("GET", "HEAD", "OPTIONS") or not _ACCESS_ROUTE.search(request.path):
+            return None
+        params = dict(request.args.to_dict())
+        body = request.get_json(silent=True)
+        if isinstance(body, dict):
+            params.update(body)
+        params.update(request.form.to_dict())
+        clean = {
+            k: ("(redacted)" if "password" in k.lower() or "token" in k.lower() else v)
+            for k, v in params.items()
+        }
+        judgement = Judgement(
+            None, ACCESS_LOG, None, "access", None, {"route": request.path, "params": clean}
+        )
+        actor = current_actor(self.settings)
+        try:
+            digest = self._record(
+                actor, judgement, f"{request.method} {request.path}", "access.changed"
+            )
+        except Exception as exc:
+            return _refuse(f"the access log could not be written ({exc}); nothing was changed", 409)
+        setattr(g, _INTENT, (judgement, request.path, digest))
         return None
 
     def after_request(self, response: Response) -> Response:

@@ -206,6 +206,10 @@ def judge(door: str, params: Mapping[str, Any], view: View) -> Judgement:
             {"tag": key, "value": new},
         )
 
+    if door in ("create_model", "create_version", "rename_model"):
+        claimed = str(params.get("new_name") or name)
+        if "/" in claimed:
+            return Judgement(refusal=f"a registered model name cannot contain '/': {claimed!r}")
     if door in ("create_model", "create_version"):
         reserved = _reserved(params.get("tags"))
         if reserved:
