@@ -24,7 +24,7 @@ from mlflow_approvals import ApprovalClient
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import TYPE_PREFIX
 from mlflow_approvals.errors import ApprovalPending, NotAuthorized
-from mlflow_approvals.remote import RemoteLifecycle
+from mlflow_approvals.remote import RemoteError, RemoteLifecycle
 from mlflow_approvals.testing import register_versions
 
 pytestmark = pytest.mark.server
@@ -385,3 +385,33 @@ def test_user_and_permission_changes_are_audited(env: Env) -> None:
     assert len(events) == 2
     assert {e["data"]["actor"]["id"] for e in events} == {ADMIN}
     assert PASSWORD not in json.dumps(events)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_concurrent_signoffs_through_the_server_lose_nothing(env: Env, round_: int) -> None:
+    """Signers hitting the server's workers at once: every accepted sign-off is kept, the
+    request is applied once, and the log verifies."""
+    from mlflow_approvals.lifecycle import ApprovalRequest
+    from test_concurrency import run_together
+
+    if env.server.server.workers < 2:
+        pytest.skip("needs the multi-worker server, which runs on PostgreSQL")
+    name, (v,) = env.model()
+    env.steps("alice").file(name, v, _stage("Production"), None)
+    recorded: list[str] = []  # told "your sign-off is recorded"
+    for level in (("bob", "carol", "erin"), ("dave", "frank")):
+        results = run_together(
+            [lambda u=u: env.steps(u).sign(name, v, "approve", None, None) for u in level]
+        )
+        for user, result in zip(level, results, strict=True):
+            assert isinstance(result, ApprovalRequest | RemoteError), result
+            if isinstance(result, ApprovalRequest) and user in [s.actor for s in result.signoffs]:
+                recorded.append(user)
+    final = env.steps("alice").get(name, v, None)
+    assert set(recorded) <= {s.actor for s in final.signoffs}
+    assert final.status.value == "applied"
+    mv = env.version(name, v)
+    assert mv.current_stage == "Production"
+    assert len([k for k in mv.tags if k.endswith(".applied")]) == 1
+    with signed_in(ADMIN):
+        assert ApprovalClient(env.uri, env.uri).verify_audit(name).ok
