@@ -31,6 +31,7 @@ bench: $(STAMP)
 	@$(BIN)/python benchmarks/cycle.py
 	@$(BIN)/python benchmarks/cli_startup.py
 	@$(BIN)/python benchmarks/audit_verify.py
+	@$(BIN)/python benchmarks/server.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -208,6 +208,7 @@ def test_report_to_dict_has_a_stable_shape(local):
         "versions_checked",
         "events_replayed",
         "changes",
+        "reviews",
     }
     (change,) = data["changes"]
     assert set(change) == {"what", "version", "key", "expected", "actual", "event", "gated"}

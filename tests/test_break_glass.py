@@ -153,3 +153,12 @@ def test_policy_refuses_a_bad_review_deadline() -> None:
     policy["rules"][0]["break_glass"]["review_within"] = "soon"
     with pytest.raises(PolicyInvalid, match="review_within"):
         parse_policy(policy)
+
+
+def test_a_break_glass_review_cannot_be_cancelled(env: Env) -> None:
+    """Neither the breaker nor an admin escapes the review by cancelling it."""
+    v = env.versions[0]
+    env.as_("root").break_glass(env.name, v, stage="Production", reason="rollback")
+    with pytest.raises(NotAuthorized, match="cannot be cancelled"):
+        env.as_("root").cancel(env.name, v)
+    assert env.as_("x").get_request(env.name, v).is_open

@@ -9,9 +9,22 @@ an exit code a pipeline can branch on (see ``docs/cli.md``)::
     2  usage error
 
 Start-up time matters here: importing MLflow takes seconds, so nothing from MLflow (nor the
-modules that import it: ``client``, ``errors``, ``lifecycle``) is imported at module level.
-``--help``, ``policy validate`` and ``policy explain`` never import MLflow; the other commands
-import it once, when they first need the registry.
+modules that import it: ``client``, ``errors``, ``engine``, ...) is imported at module level.
+``--help``, ``policy validate`` and ``policy explain`` never import MLflow.
+
+Against a tracking server that runs the approvals app (``mlflow server --app-name approvals``),
+``request``, ``approve``, ``reject``, ``cancel``, ``status``, ``list`` and ``wait`` never import
+MLflow either: they go straight to the server's approval endpoints with
+:class:`~mlflow_approvals.remote.RemoteLifecycle` (``requests`` only), one HTTP request a step.
+There is no separate probe: the step itself is sent, and an answer that says the endpoints are
+not there (404, 405, or basic-auth's plain 403 for a route it does not know, none of which
+carries the approvals app's error class) means a plain tracking server, where the command
+falls back to ``ApprovalClient`` (client-gated, as before) and nothing was changed. ``--as NAME``
+costs one more request (the server's ``info``), so that a name other than the authenticated user
+is refused before anything is sent. ``MLFLOW_APPROVALS_SERVER=1`` makes a server without the
+endpoints an error instead of a fallback; ``MLFLOW_APPROVALS_SERVER=0`` skips the endpoints
+(MLflow's way, as for any other server). The other commands import MLflow once, when they first
+need the registry.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -36,6 +49,9 @@ if TYPE_CHECKING:
     from mlflow_approvals.client import ApprovalClient
     from mlflow_approvals.lifecycle import ApprovalRequest
     from mlflow_approvals.policy import Policy
+    from mlflow_approvals.remote import RemoteError, RemoteLifecycle
+
+_T = TypeVar("_T")
 
 __all__ = [
     "EXIT_ENDED",
@@ -54,6 +70,21 @@ EXIT_PENDING = 3
 EXIT_ENDED = 4
 
 _POLICY_ENV = "MLFLOW_APPROVALS_POLICY"  # as policy.ENV_VAR, which this module must not import
+_SERVER_ENV = "MLFLOW_APPROVALS_SERVER"  # 1: an approvals server; 0: never its endpoints
+# The error classes of mlflow_approvals.errors (which imports MLflow), as the approvals server
+# names them in its error answers ("mlflow_approvals_error"); tests check the two agree.
+APPROVAL_ERRORS = frozenset(
+    {
+        "ApprovalError",
+        "ApprovalPending",
+        "AuditUnavailable",
+        "InvalidRequest",
+        "ModelVersionNotFound",
+        "NotAuthorized",
+        "PolicyError",
+        "RequestNotFound",
+    }
+)
 _ENDED = ("rejected", "cancelled", "expired")
 _STATUS_CHOICES = ("pending", "approved", "applied", "rejected", "cancelled", "expired", "all")
 
@@ -67,14 +98,16 @@ Exit codes:
 
 \b
 Environment: MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_USERNAME
-(the actor, unless --as), MLFLOW_APPROVALS_POLICY (the policy file, unless --policy).
+(the actor, unless --as), MLFLOW_APPROVALS_POLICY (the policy file, unless --policy),
+MLFLOW_APPROVALS_SERVER (1: the tracking server must run the approvals app; 0: do not send
+steps to its approval endpoints directly).
 """
 
 
 # ------------------------------------------------------------------------- settings ------
 @dataclass
 class Settings:
-    """The global options, and the one client the command builds from them."""
+    """The global options, and the one client (or approvals server) the command uses."""
 
     tracking_uri: str | None = None
     policy: str | None = None
@@ -82,6 +115,8 @@ class Settings:
     json: bool = False
     debug: bool = False
     _client: ApprovalClient | None = field(default=None, repr=False)
+    _server: RemoteLifecycle | None = field(default=None, repr=False)
+    _server_state: str = field(default="unknown", repr=False)  # unknown/assumed/confirmed/none
 
     def client(self) -> ApprovalClient:
         """The ``ApprovalClient`` (MLflow is imported here, on first use, once)."""
@@ -95,6 +130,113 @@ class Settings:
                 tracking_uri=self.tracking_uri, policy=self.policy, actor=self.actor
             )
         return self._client
+
+    # -- the approvals server's endpoints, without MLflow ----------------------------------
+    def _server_mode(self) -> str:
+        """``auto`` (try the endpoints, fall back), ``required`` or ``off``, from the env."""
+        value = (os.environ.get(_SERVER_ENV) or "").strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return "required"
+        if value in ("0", "false", "no", "off"):
+            return "off"
+        return "auto"
+
+    def server(self) -> RemoteLifecycle | None:
+        """The approval endpoints the registry commands use when the tracking server may have
+        them (an ``http(s)`` tracking URI that is also the registry's), else None.
+
+        Without ``--as`` nothing is sent here: the first step tells (see :meth:`run`). With
+        ``--as`` the server's ``info`` says who it authenticates the caller as, and a different
+        name is refused before anything else is sent.
+        """
+        if self._server_state == "none" or self._client is not None:
+            return None
+        if self._server is not None:
+            return self._server
+        mode, uri = self._server_mode(), self.tracking_uri or ""
+        registry = (os.environ.get("MLFLOW_REGISTRY_URI") or "").rstrip("/")
+        usable = uri.startswith(("http://", "https://")) and registry in ("", uri.rstrip("/"))
+        if mode == "off" or not usable:
+            if mode == "required":
+                raise Failure(
+                    f"{_SERVER_ENV}=1 asks for an approvals server, but the tracking URI "
+                    f"({self.where()}) is not an http(s) server that is also the registry: set "
+                    f"--tracking-uri / MLFLOW_TRACKING_URI to it, or unset {_SERVER_ENV}",
+                    "NoApprovalsServer",
+                )
+            self._server_state = "none"
+            return None
+        from mlflow_approvals.remote import RemoteError, RemoteLifecycle, probe
+
+        remote = RemoteLifecycle(uri)
+        if self.actor is None:
+            self._server, self._server_state = remote, "assumed"
+            return remote
+        try:
+            info = probe(uri)
+        except RemoteError as exc:
+            if not _no_endpoints(exc):
+                raise
+            info = None
+        if info is None:  # not an approvals server (or not reachable): --as is a claim there
+            if mode == "required":
+                raise _not_approvals(self.where(), None)
+            self._server_state = "none"
+            return None
+        remote.info = dict(info)
+        if remote.user and self.actor != remote.user:
+            raise Failure(
+                f"the server authenticated you as '{remote.user}'; acting as '{self.actor}' "
+                f"cannot be claimed. Sign in as '{self.actor}' instead "
+                "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD), or drop --as",
+                "NotAuthorized",
+            )
+        self._server, self._server_state = remote, "confirmed"
+        return remote
+
+    def run(
+        self,
+        on_server: Callable[[RemoteLifecycle], _T],
+        on_client: Callable[[ApprovalClient], _T],
+    ) -> _T:
+        """One step: ``on_server`` on the approval endpoints when the tracking server has them
+        (no MLflow import), else ``on_client`` on the ``ApprovalClient``.
+
+        Until the server has answered one step, an answer that says the endpoints are not there
+        (or a server that cannot be reached) sends the step to ``ApprovalClient`` instead, which
+        then does what it does for any tracking server: nothing was changed by the attempt.
+        """
+        remote = self.server()
+        if remote is not None:
+            import requests
+
+            from mlflow_approvals.remote import RemoteError
+
+            try:
+                result = on_server(remote)
+            except RemoteError as exc:
+                if self._server_state == "confirmed" or not _no_endpoints(exc):
+                    raise
+                if self._server_mode() == "required":
+                    raise _not_approvals(self.where(), exc) from None
+            except requests.ConnectionError:
+                if self._server_state == "confirmed" or self._server_mode() == "required":
+                    raise
+            else:
+                self._server_state = "confirmed"
+                return result
+            self._server, self._server_state = None, "none"
+        return on_client(self.client())
+
+    def acting(self) -> str | None:
+        """Who the command acts as, when known: the client's actor, else the user the approvals
+        server authenticated (from ``info``), else the user whose credentials are sent."""
+        if self._client is not None:
+            return str(self._client.actor)
+        if self._server is not None and self._server.user:
+            return self._server.user
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        return user if user and os.environ.get("MLFLOW_TRACKING_PASSWORD") else None
 
     def where(self) -> str:
         """The tracking URI in use, for messages."""
@@ -150,8 +292,47 @@ def _short_cause(text: str) -> str:
     return text[:200]
 
 
+def _no_endpoints(exc: RemoteError) -> bool:
+    """True when an error answer says the approval endpoints are not there: a plain tracking
+    server's 404/405 for an unknown route, or basic-auth's plain 403 for a route it has no
+    rule for (it refuses those by default). The approvals app names its error class in every
+    error answer it makes, so none of its own refusals (a 404 for an unknown request, a 403
+    for a sign-off the policy does not allow) looks like this."""
+    return exc.kind is None and (exc.status < 400 or exc.status in (403, 404, 405))
+
+
+def _not_approvals(where: str, exc: RemoteError | None) -> Failure:
+    answer = f" (HTTP {exc.status} from its approval endpoints)" if exc is not None else ""
+    return Failure(
+        f"{_SERVER_ENV}=1 asks for an approvals server, but the tracking server at {where} "
+        f"does not run the approvals app{answer}: start it with `mlflow server --app-name "
+        f"approvals`, or unset {_SERVER_ENV} to use this server client-gated",
+        "NoApprovalsServer",
+    )
+
+
+def _remote_failure(exc: RemoteError, settings: Settings) -> Failure:
+    """An error answer of the approval endpoints, reported as ``ApprovalClient``'s would be."""
+    if exc.kind in APPROVAL_ERRORS:
+        # as client._remote_call reports it
+        return Failure(exc.message, "InvalidRequest" if exc.kind == "ApprovalPending" else exc.kind)
+    if exc.status == 401:
+        return Failure(
+            f"the tracking server at {settings.where()} did not accept the credentials (HTTP "
+            "401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+            "MLFLOW_TRACKING_TOKEN)",
+            "MlflowException",
+        )
+    text = exc.message.strip()
+    first = text.splitlines()[0] if text else f"HTTP {exc.status}"
+    return Failure(f"MLflow: {first[:500]}", "MlflowException")
+
+
 def _failure(exc: Exception, settings: Settings) -> Failure:
     """Map an exception to a short message (exit 1); expected errors get no traceback."""
+    remote = sys.modules.get("mlflow_approvals.remote")  # not imported: no RemoteError raised
+    if remote is not None and isinstance(exc, remote.RemoteError):
+        return _remote_failure(exc, settings)
     if "mlflow" in sys.modules:  # no MLflow imported means no MLflow error can be raised
         from mlflow.exceptions import MlflowException
 
@@ -373,7 +554,8 @@ def _finish(code: int) -> NoReturn:
     "actor",
     metavar="USER",
     help="Who acts (default: MLFLOW_TRACKING_USERNAME, else the OS user). In client-gated "
-    "mode this is a claim, not a proof.",
+    "mode this is a claim, not a proof; against an approvals server it must be the user you "
+    "signed in as.",
 )
 @click.option(
     "--json",
@@ -446,12 +628,23 @@ def request(
         raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
     if archive_existing and stage is None:
         raise click.UsageError("--archive-existing goes with --stage")
-    client = settings.client()
+    from mlflow_approvals.lifecycle import Target
+
     if stage is not None:
-        req = client.request_transition(model, version, stage, archive_existing, comment=comment)
+        target = Target("stage", stage, "set", archive_existing)  # the server checks the stage
+        req = settings.run(
+            lambda server: server.file(model, version, target, comment),
+            lambda client: client.request_transition(
+                model, version, stage, archive_existing, comment=comment
+            ),
+        )
     else:
         assert alias is not None
-        req = client.request_alias(model, version, alias, comment=comment)
+        target = Target("alias", alias, "set")
+        req = settings.run(
+            lambda server: server.file(model, version, target, comment),
+            lambda client: client.request_alias(model, version, alias, comment=comment),
+        )
 
     def human() -> list[str]:
         if _applied_at_once(req):
@@ -485,13 +678,16 @@ def approve(
     The sign-off that completes the last level applies the promotion. Approving a request that
     is approved but not applied (its apply failed) retries the apply.
     """
-    client = settings.client()
-    req = client.approve(model, version, comment=comment, request_id=request_id)
+    req = settings.run(
+        lambda server: server.sign(model, version, "approve", comment, request_id),
+        lambda client: client.approve(model, version, comment=comment, request_id=request_id),
+    )
 
     def human() -> list[str]:
-        mine = next((s for s in req.signoffs if s.actor == client.actor), None)
+        actor = settings.acting()
+        mine = next((s for s in req.signoffs if s.actor == actor), None)
         head = (
-            f"{client.actor} signed request {req.id}: {mine.meaning}"
+            f"{actor} signed request {req.id}: {mine.meaning}"
             if mine is not None
             else f"request {req.id}"
         )
@@ -512,11 +708,13 @@ def reject(
     settings: Settings, model: str, version: str, comment: str, request_id: str | None
 ) -> None:
     """Reject the request on MODEL VERSION: one rejection ends it. A reason is required."""
-    client = settings.client()
-    req = client.reject(model, version, comment, request_id=request_id)
-    settings.out(
-        req.to_dict(), lambda: [f"{client.actor} rejected request {req.id}", *_request_view(req)]
+    req = settings.run(
+        lambda server: server.sign(model, version, "reject", comment, request_id),
+        lambda client: client.reject(model, version, comment, request_id=request_id),
     )
+    rejection = next((s for s in req.signoffs if s.decision == "reject"), None)
+    actor = rejection.actor if rejection is not None else settings.acting()
+    settings.out(req.to_dict(), lambda: [f"{actor} rejected request {req.id}", *_request_view(req)])
 
 
 @main.command()
@@ -529,10 +727,13 @@ def cancel(
     settings: Settings, model: str, version: str, request_id: str | None, comment: str | None
 ) -> None:
     """Withdraw the open request on MODEL VERSION (the requester, or an admin)."""
-    client = settings.client()
-    req = client.cancel(model, version, comment=comment, request_id=request_id)
+    req = settings.run(
+        lambda server: server.cancel(model, version, comment, request_id),
+        lambda client: client.cancel(model, version, comment=comment, request_id=request_id),
+    )
+    actor = req.cancelled.actor if req.cancelled is not None else settings.acting()
     settings.out(
-        req.to_dict(), lambda: [f"{client.actor} cancelled request {req.id}", *_request_view(req)]
+        req.to_dict(), lambda: [f"{actor} cancelled request {req.id}", *_request_view(req)]
     )
 
 
@@ -547,7 +748,7 @@ def status(settings: Settings, model: str, version: str, request_id: str | None)
     Without --request: the open request, else the newest. Exits 0 when applied, 3 when still
     pending (or approved but not applied), 4 when rejected, cancelled or expired.
     """
-    req = settings.client().get_request(model, version, request_id=request_id)
+    req = _get(settings, model, version, request_id)
     settings.out(req.to_dict(), lambda: _request_view(req))
     _finish(_exit_for(req))
 
@@ -565,8 +766,13 @@ def status(settings: Settings, model: str, version: str, request_id: str | None)
 @_pass
 def list_(settings: Settings, model: str | None, status_: str) -> None:
     """List requests across the registry (one server-side query)."""
+    from mlflow_approvals.lifecycle import Status
+
     wanted = None if status_ == "all" else status_
-    found = settings.client().list_requests(name=model, status=wanted)
+    found = settings.run(
+        lambda server: server.list_requests(model, None if wanted is None else Status(wanted)),
+        lambda client: client.list_requests(name=model, status=wanted),
+    )
 
     def human() -> list[str]:
         if not found:
@@ -590,6 +796,14 @@ def list_(settings: Settings, model: str | None, status_: str) -> None:
         return _table(rows)
 
     settings.out({"count": len(found), "requests": [r.to_dict() for r in found]}, human)
+
+
+def _get(settings: Settings, model: str, version: str, request_id: str | None) -> ApprovalRequest:
+    """The request ``request_id`` on MODEL VERSION (without it: the open one, else the newest)."""
+    return settings.run(
+        lambda server: server.get(model, version, request_id),
+        lambda client: client.get_request(model, version, request_id=request_id),
+    )
 
 
 def _progress_key(req: ApprovalRequest) -> tuple[Any, ...]:
@@ -645,9 +859,8 @@ def wait(
     """
     limit = _parse_duration(timeout, "--timeout").total_seconds()
     every = _parse_duration(interval, "--interval").total_seconds()
-    client = settings.client()
     started = time.monotonic()
-    req = client.get_request(model, version, request_id=request_id)
+    req = _get(settings, model, version, request_id)
     request_id = req.id  # follow this request, even if another one is filed meanwhile
     seen: tuple[Any, ...] | None = None
     outcome = "timeout"
@@ -663,7 +876,7 @@ def wait(
         if left <= 0:
             break
         time.sleep(min(every, left))
-        req = client.get_request(model, version, request_id=request_id)
+        req = _get(settings, model, version, request_id)
     waited = round(time.monotonic() - started, 1)
 
     def human() -> list[str]:

@@ -472,6 +472,16 @@ class Engine:
         comment = T.check_comment(comment)
         mv, facts = self.read(name, version)
         request = self.pick(facts, request_id)
+        if request.break_glass and request.is_open:
+            raise self.deny(
+                actor,
+                mv,
+                facts,
+                request,
+                "cancel",
+                f"request {request.id} is the review of a break-glass change, which has "
+                "happened: it cannot be cancelled. The rule's levels sign or reject it",
+            )
         verdict = decide_cancel(request, actor.id, self.policy.is_admin(actor.id))
         self._enforce(actor, verdict, mv, facts, request, "cancel")
         now = self.clock()

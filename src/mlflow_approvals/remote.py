@@ -139,7 +139,9 @@ def probe(
     try:
         info: dict[str, Any] | None = call(base_uri, "info", {}, auth)
     except RemoteError as exc:
-        if exc.status not in (404, 405):
+        # A plain server answers 404/405 for a route it lacks; basic-auth (fail-closed) answers
+        # a plain 403. Ours always names its error class, so those are not mistaken for it.
+        if exc.kind is not None or exc.status not in (403, 404, 405):
             raise
         info = None
     except requests.ConnectionError:

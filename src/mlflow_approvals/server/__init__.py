@@ -51,8 +51,9 @@ def create_app(app: Any = None) -> Any:
     if settings.auth == "none":
         _log.warning(
             "mlflow-approvals: MLFLOW_APPROVALS_AUTH=none: nobody is authenticated; every "
-            "request, sign-off and change is recorded as 'anonymous' and anyone who can reach "
-            "this server can sign"
+            "request, sign-off and change is recorded as 'anonymous', anyone who can reach this "
+            "server acts as 'anonymous', and a gated request can only complete under a rule with "
+            "separation_of_duties: false whose roles include 'anonymous'"
         )
     if settings.enforcement != "enforce":
         _log.warning(

@@ -97,8 +97,11 @@ def _view(
             actor = current_actor(settings)
             if actor is None:
                 raise NotAuthorized(
-                    "the server could not tell who you are: sign in (MLFLOW_TRACKING_USERNAME "
-                    "and MLFLOW_TRACKING_PASSWORD) or go through the authenticating proxy"
+                    "the server could not tell who you are: go through the authenticating "
+                    f"proxy (it sets {settings.identity_header})"
+                    if settings.auth == "trusted-header"
+                    else "the server could not tell who you are: sign in "
+                    "(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
                 )
             params = _params()
             _check_permission(settings, action, params)

@@ -114,8 +114,14 @@ class Gate:
             params = _flask_params(route, request)
         except Exception as exc:  # MLflow's handler would refuse it too; never guess
             return _refuse(f"the request could not be read ({exc}); nothing was changed", 400)
-        judgement = judge(door, params, self.view)
         actor = current_actor(self.settings)
+        if actor is None and self.settings.enforcement == "enforce":
+            return _refuse(
+                "the server could not tell who you are (no identity header from the "
+                "authenticating proxy): registry writes are refused until it can",
+                403,
+            )
+        judgement = judge(door, params, self.view)
         if judgement.refusal and self.settings.enforcement == "enforce":
             self._record(actor, judgement, route, "attempt.denied", best_effort=True)
             return _refuse(judgement.refusal, 403)
@@ -247,10 +253,10 @@ def _flask_params(route: str, request: Any) -> dict[str, Any]:
     if route.startswith("artifacts."):
         return params
     from google.protobuf.json_format import MessageToDict
-    from mlflow.protos import model_registry_pb2
+    from mlflow.protos import model_registry_pb2, service_pb2
     from mlflow.server.handlers import _get_request_message
 
-    message_class = getattr(model_registry_pb2, route, None)
+    message_class = getattr(model_registry_pb2, route, None) or getattr(service_pb2, route, None)
     if message_class is None:
         return params
     message = _get_request_message(message_class(), flask_request=request)  # type: ignore[no-untyped-call]
