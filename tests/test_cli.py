@@ -615,3 +615,30 @@ def test_console_script_prints_only_json_on_stdout(
         [_console_script(), "--version"], capture_output=True, text=True, timeout=60
     )
     assert version_proc.returncode == 0 and "mlflow-approvals" in version_proc.stdout
+
+
+def test_break_glass_applies_now_and_exits_3_for_the_review(
+    cli: Cli, make_model: Callable[..., Any], tracking_uri: str
+) -> None:
+    """`break-glass` by root moves the version now and exits 3 while its review waits."""
+    name, (version,) = make_model()
+    result = cli(
+        "break-glass", name, version, "--stage", "Production", "--reason", "rollback", actor="root"
+    )
+    assert result.exit_code == EXIT_PENDING, result.output
+    assert "applied now by break-glass" in result.stdout
+    mv = ApprovalClient(tracking_uri, tracking_uri).get_model_version(name, version)
+    assert mv.current_stage == "Production"
+
+
+def test_break_glass_by_another_role_is_refused(
+    cli: Cli, make_model: Callable[..., Any], tracking_uri: str
+) -> None:
+    """`break-glass` by alice (not in the break-glass roles) fails and moves nothing."""
+    name, (version,) = make_model()
+    result = cli(
+        "break-glass", name, version, "--stage", "Production", "--reason", "hurry", actor="alice"
+    )
+    assert result.exit_code == 1, result.output
+    mv = ApprovalClient(tracking_uri, tracking_uri).get_model_version(name, version)
+    assert mv.current_stage == "None"

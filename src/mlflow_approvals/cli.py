@@ -664,6 +664,66 @@ def request(
     _finish(_exit_for(req))
 
 
+@main.command(name="break-glass")
+@click.argument("model")
+@click.argument("version")
+@click.option("--stage", metavar="STAGE", help="Apply this stage now.")
+@click.option(
+    "--archive-existing",
+    is_flag=True,
+    help="With --stage: archive the versions in that stage.",
+)
+@click.option("--alias", metavar="ALIAS", help="Point this alias at the version now.")
+@click.option("--reason", required=True, help="What the emergency is (recorded; required).")
+@_pass
+def break_glass(
+    settings: Settings,
+    model: str,
+    version: str,
+    stage: str | None,
+    archive_existing: bool,
+    alias: str | None,
+    reason: str,
+) -> None:
+    """Apply a gated stage or alias NOW, in an emergency (roles the rule's break_glass names).
+
+    The change is audited as break-glass, and a review by the rule's levels opens, due within
+    the rule's review_within: approvers sign it with `approve` as usual. Exits 3 while the
+    review waits (the change is already applied), 0 once it is reviewed.
+    """
+    if (stage is None) == (alias is None):
+        raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
+    if archive_existing and stage is None:
+        raise click.UsageError("--archive-existing goes with --stage")
+    from mlflow_approvals.lifecycle import Target
+
+    if stage is not None:
+        target = Target("stage", stage, "set", archive_existing)
+    else:
+        target = Target("alias", alias or "", "set")
+    req = settings.run(
+        lambda server: server.break_glass(model, version, target, reason),
+        lambda client: client.break_glass(
+            model,
+            version,
+            reason=reason,
+            stage=stage,
+            alias=alias,
+            archive_existing_versions=archive_existing,
+        ),
+    )
+
+    def human() -> list[str]:
+        return [
+            f"{req.name} v{req.version} -> {_target(req)}: applied now by break-glass",
+            *_request_view(req),
+            f"next: reviewers run `mlflow-approvals approve {req.name} {req.version}`",
+        ]
+
+    settings.out(req.to_dict(), human)
+    _finish(_exit_for(req))
+
+
 @main.command()
 @click.argument("model")
 @click.argument("version")
