@@ -130,6 +130,9 @@ def approvals_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appro
         f"database_uri = sqlite:///{folder / 'auth.db'}\n"
         f"admin_username = {ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Each password check costs ~85 ms of scrypt, several per request; cache them, as a
+        # busy production server would (docs/performance.md).
+        "auth_cache_ttl_seconds = 300\n"
     )
     env = {
         "MLFLOW_APPROVALS_POLICY": str(policy_path),

@@ -62,11 +62,22 @@ class Gated:
                 sorted((str(v.version), v.current_stage, sorted(v.tags.items())) for v in versions),
             )
 
-    def denied_events(self) -> list[dict[str, Any]]:
+    def event_count(self) -> int:
+        """How many event files the model's audit log holds (a listing, not a download)."""
         client = ApprovalClient(self.uri, self.uri, server_auth=(ADMIN, PASSWORD))
+        with signed_in(ADMIN):
+            run_id = client.audit.run_ids(self.name, create=False)[0]
+            tracking = client.audit.tracking
+            folders = [f.path for f in tracking.list_artifacts(run_id, "events") if f.is_dir]
+            return sum(len(tracking.list_artifacts(run_id, folder)) for folder in folders)
+
+    def newest_denial(self) -> dict[str, Any]:
+        """The newest attempt.denied event of the model."""
         with signed_in(ADMIN), tempfile.TemporaryDirectory() as tmp:
+            client = ApprovalClient(self.uri, self.uri, server_auth=(ADMIN, PASSWORD))
             events = [json.loads(raw) for _, raw in client.audit.read(self.name, tmp)]
-        return [e for e in events if e["type"] == TYPE_PREFIX + "attempt.denied"]
+        denied = [e for e in events if e["type"] == TYPE_PREFIX + "attempt.denied"]
+        return max(denied, key=lambda e: e["time"])
 
 
 @pytest.fixture(scope="module")
@@ -160,14 +171,26 @@ DOORS = [
 @pytest.mark.parametrize("api", ["/api/2.0", "/ajax-api/2.0"])
 @pytest.mark.parametrize("door", DOORS)
 def test_door_is_refused_changes_nothing_and_is_audited(gated: Gated, door: str, api: str) -> None:
-    """Each door: 403 PERMISSION_DENIED, the registry unchanged, an attempt.denied event."""
+    """Each door: 403 PERMISSION_DENIED, the registry unchanged, one event (the denial)."""
     method, path, body = _doors(gated)[door]
     before = gated.state()
-    denied_before = len(gated.denied_events())
+    count = gated.event_count()
     response = requests.request(
         method, f"{gated.uri}{api}{path}", json=body, auth=(ADMIN, PASSWORD), timeout=30
     )
     assert response.status_code == 403, response.text
     assert response.json()["error_code"] == "PERMISSION_DENIED"
     assert gated.state() == before
-    assert len(gated.denied_events()) == denied_before + 1
+    assert gated.event_count() == count + 1  # the refused attempt, and nothing else
+
+
+def test_a_refused_door_is_recorded_as_denied_under_the_caller(gated: Gated) -> None:
+    """The event a refused door leaves is attempt.denied, by the authenticated caller."""
+    method, path, body = _doors(gated)["transition to Production"]
+    response = requests.request(
+        method, f"{gated.uri}/api/2.0{path}", json=body, auth=("mallory", PASSWORD), timeout=30
+    )
+    assert response.status_code == 403
+    denial = gated.newest_denial()
+    assert denial["data"]["actor"]["id"] == "mallory"
+    assert "gated" in denial["data"]["comment"]

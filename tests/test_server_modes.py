@@ -331,6 +331,24 @@ def _step(
     return requests.post(url, json=params, headers=_as(user), timeout=_TIMEOUT)
 
 
+def _register(server: testing.MlflowServer, name: str) -> list[str]:
+    """Register ``name`` straight into the server's backend store: through the server, a
+    registration without the proxy's header is refused (the next test pins that)."""
+    return register_versions(server.backend_store_uri, name)
+
+
+def test_registry_write_without_the_header_is_refused(
+    header_server: testing.MlflowServer,
+) -> None:
+    """A direct registry write that did not come through the proxy (no header) gets 403."""
+    response = requests.post(
+        f"{header_server.uri}/api/2.0/mlflow/registered-models/create",
+        json={"name": unique_name("fraud-hdr")},
+        timeout=_TIMEOUT,
+    )
+    assert response.status_code == 403, response.text
+
+
 @pytest.mark.parametrize("api", ["api", "ajax-api"])
 def test_header_names_the_caller_under_the_prefix(
     header_server: testing.MlflowServer, api: str
@@ -353,7 +371,7 @@ def test_a_request_without_the_header_is_refused(
 ) -> None:
     """Without the identity header (or with an empty one) the endpoints answer 4xx, file nothing."""
     name = unique_name("fraud-hdr")
-    (v,) = register_versions(header_server.uri, name)
+    (v,) = _register(header_server, name)
     info = _step(header_server, user, "info")
     assert 400 <= info.status_code < 500
     filed = _step(header_server, user, "request", name=name, version=v, stage="Production")
@@ -371,7 +389,7 @@ def test_raw_transition_under_the_prefix_is_refused(
     audited under the header's user; nothing moves."""
     uri = header_server.uri
     name = unique_name("fraud-hdr")
-    (v,) = register_versions(uri, name)
+    (v,) = _register(header_server, name)
     response = requests.post(
         f"{uri}/{api}/2.0/mlflow/model-versions/transition-stage",
         json={
@@ -394,7 +412,7 @@ def test_full_cycle_with_header_identities_applies(header_server: testing.Mlflow
     """alice requests, carol + bob sign level 1, dave level 2: applied, each under their header."""
     uri = header_server.uri
     name = unique_name("fraud-hdr")
-    (v,) = register_versions(uri, name)
+    (v,) = _register(header_server, name)
     filed = _step(header_server, "alice", "request", name=name, version=v, stage="Production")
     assert filed.status_code == 200, filed.text
     for user in ("carol", "bob", "dave"):
@@ -411,7 +429,7 @@ def test_full_cycle_with_header_identities_applies(header_server: testing.Mlflow
 def test_requester_header_cannot_approve_own_request(header_server: testing.MlflowServer) -> None:
     """Separation of duties holds for the header identity: bob files, bob's approval is 403."""
     name = unique_name("fraud-hdr")
-    (v,) = register_versions(header_server.uri, name)
+    (v,) = _register(header_server, name)
     filed = _step(header_server, "bob", "request", name=name, version=v, stage="Production")
     assert filed.status_code == 200, filed.text
     signed = _step(header_server, "bob", "approve", name=name, version=v)
@@ -427,7 +445,9 @@ def test_audit_artifacts_cannot_be_written_with_or_without_the_prefix(
     router MLflow mounts without the prefix; no file appears."""
     uri = header_server.uri
     name = unique_name("fraud-hdr")
-    (v,) = register_versions(uri, name)  # its registration is audited: the audit run exists
+    (v,) = _register(header_server, name)
+    filed = _step(header_server, "alice", "request", name=name, version=v, stage="Production")
+    assert filed.status_code == 200, filed.text  # the request's event creates the audit run
     audit = ApprovalClient(uri, uri).audit
     exp_id, run_id = audit.experiment_id(create=False), audit.run_ids(name, create=False)[0]
     tail = f"mlflow-artifacts/artifacts/{exp_id}/{run_id}/artifacts/events/v{v}/forged.json"
