@@ -194,3 +194,39 @@ def test_a_refused_door_is_recorded_as_denied_under_the_caller(gated: Gated) -> 
     denial = gated.newest_denial()
     assert denial["data"]["actor"]["id"] == "mallory"
     assert "gated" in denial["data"]["comment"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/mlflow/runs/delete", lambda run, exp: {"run_id": run}),
+        ("/mlflow/runs/set-tag", lambda run, exp: {"run_id": run, "key": "k", "value": "v"}),
+        ("/mlflow/experiments/delete", lambda run, exp: {"experiment_id": exp}),
+        ("/mlflow/experiments/update", lambda run, exp: {"experiment_id": exp, "new_name": "x"}),
+    ],
+    ids=["delete run", "tag run", "delete experiment", "rename experiment"],
+)
+def test_the_audit_run_and_experiment_cannot_be_hidden(gated: Gated, path: str, body: Any) -> None:
+    """Deleting, retagging or renaming the audit log's run or experiment is refused (403)."""
+    client = ApprovalClient(gated.uri, gated.uri, server_auth=(ADMIN, PASSWORD))
+    with signed_in(ADMIN):
+        run_id = client.audit.run_ids(gated.name, create=False)[0]
+        exp_id = client.audit.experiment_id(create=False)
+    response = requests.post(
+        f"{gated.uri}/api/2.0{path}", json=body(run_id, exp_id), auth=(ADMIN, PASSWORD), timeout=30
+    )
+    assert response.status_code == 403, response.text
+    with signed_in(ADMIN):
+        run = client.get_run(run_id)
+    assert run.info.lifecycle_stage == "active" and "k" not in run.data.tags
+
+
+def test_other_runs_can_still_be_tagged_and_deleted(gated: Gated) -> None:
+    """The audit_run door only refuses the audit log's own run: a training run is untouched."""
+    with signed_in("alice"):
+        plain = MlflowClient(gated.uri, gated.uri)
+        exp = plain.create_experiment(unique_name("training"))
+        run = plain.create_run(exp)
+        plain.set_tag(run.info.run_id, "k", "v")
+        plain.delete_run(run.info.run_id)
+        assert plain.get_run(run.info.run_id).info.lifecycle_stage == "deleted"

@@ -12,7 +12,8 @@ A write is refused when it could promote a gated target or forge approval state:
 * deleting a version that holds a gated stage or alias, or has an open request;
 * renaming or deleting a model whose versions hold a gated stage or alias, or have open
   requests (a rename would detach every request and move the model out of its rules);
-* an artifact write or delete under the audit experiment (the log itself).
+* an artifact write or delete under the audit experiment (the log itself), and deleting,
+  renaming or retagging the audit experiment or its runs.
 
 Everything else that changes the registry goes through, with an audit record of it.
 """
@@ -126,12 +127,30 @@ def _artifact_judgement(view: View, params: Mapping[str, Any]) -> Judgement:
     return Judgement()
 
 
+def _audit_run_judgement(view: View, params: Mapping[str, Any]) -> Judgement:
+    audit_exp = view.audit_experiment()
+    if audit_exp is None:
+        return Judgement()
+    experiment = params.get("experiment_id")
+    run_id = params.get("run_id") or params.get("run_uuid")
+    if experiment is None and run_id:
+        experiment = view.run_experiment(str(run_id))
+    if experiment is not None and str(experiment) == audit_exp:
+        return Judgement(
+            refusal="the audit log's experiment and runs are kept by mlflow-approvals: they "
+            "cannot be deleted, renamed or retagged through the tracking API"
+        )
+    return Judgement()
+
+
 def judge(door: str, params: Mapping[str, Any], view: View) -> Judgement:
     """The gate's verdict on a write through ``door`` with ``params``."""
     name = str(params.get("name") or "")
     version = str(params.get("version") or "") or None
     if door == "write_artifacts":
         return _artifact_judgement(view, params)
+    if door == "audit_run":
+        return _audit_run_judgement(view, params)
     if not name:
         return Judgement()  # MLflow's handler refuses a write without a name
     mv = view.version(name, version) if version and version.isdigit() else None

@@ -68,9 +68,10 @@ Known gaps (what a route table cannot close)
   requests that start them (``server_job``, ``demo_data``); what they do afterwards is not seen.
 * The MLflow Assistant (``/ajax-api/3.0/mlflow/assistant/*``, localhost-only unless remote mode
   is enabled) runs an agent with a shell tool on the host; no route table can gate that.
-* The audit run itself: ``DeleteRun``, ``DeleteExperiment`` and run-tag writes on the audit run
-  are not registry writes and have no door here; ``verify`` detects a missing tail through the
-  head hashes kept in model-version tags.
+* The audit run itself: ``DeleteRun``, ``UpdateRun``, run tags, ``DeleteExperiment``,
+  ``UpdateExperiment`` and experiment tags are doors (``audit_run``), refused when they target
+  the audit experiment or one of its runs. ``RestoreRun``/``RestoreExperiment`` are not (they
+  can only bring the log back).
 * ``DeleteWorkspace`` with ``mode=CASCADE`` deletes, and ``mode=SET_DEFAULT`` moves, every
   registered model and experiment of the workspace (MLflow's ``_WORKSPACE_ROOT_MODELS``).
 * There is no ``CopyModelVersion`` endpoint: ``MlflowClient.copy_model_version`` is a
@@ -122,6 +123,7 @@ Door = Literal[
     "delete_workspace",  # CASCADE deletes, SET_DEFAULT moves, all models of a workspace
     "demo_data",  # the demo sets aliases on and deletes mlflow-demo.prompts.* in-process
     "server_job",  # a server-side job (optimize_prompts) registers a prompt version directly
+    "audit_run",  # deletes, renames or retags a run or experiment: the audit log's own, maybe
 ]
 
 RouteTable: TypeAlias = dict[tuple[str, str], str]
@@ -166,6 +168,15 @@ DOORS: Final[dict[str, Door]] = {
     "handler:_delete_demo": "demo_data",
     "CreatePromptOptimizationJob": "server_job",
     "native:submit_job": "server_job",
+    # The tracking writes that could hide or relabel the audit log (its run and experiment).
+    "DeleteRun": "audit_run",
+    "UpdateRun": "audit_run",
+    "SetTag": "audit_run",
+    "DeleteTag": "audit_run",
+    "DeleteExperiment": "audit_run",
+    "UpdateExperiment": "audit_run",
+    "SetExperimentTag": "audit_run",
+    "DeleteExperimentTag": "audit_run",
 }
 """Route name -> the door it opens. The gate refuses or audits by door."""
 
