@@ -235,34 +235,7 @@ class Engine:
             if existing.is_open and existing.record.target == target:
                 return existing
         self._check_not_already(mv, target)
-        levels = tuple(tuple(Requirement(q.role, q.count) for q in lvl) for lvl in rule.levels)
-        problem = eligible_signers(
-            levels,
-            {role: tuple(m) for role, m in self.policy.roles.items()},
-            actor.id if rule.separation_of_duties else None,
-        )
-        if problem:
-            raise InvalidRequest(
-                f"rule '{rule.name}' cannot be satisfied for a request by {actor.id}: {problem}"
-                " (the requester cannot sign their own request). Ask someone else to file it, "
-                "or add members to the roles"
-            )
-        record = RequestRecord(
-            id=uuid.uuid4().hex[:12],
-            name=name,
-            version=version,
-            target=target,
-            requester=actor.id,
-            created_at=now,
-            comment=comment,
-            rule=rule.name,
-            levels=levels,
-            separation_of_duties=rule.separation_of_duties,
-            expires_at=None if rule.expires_after is None else now + rule.expires_after,
-            policy_hash=self.policy.content_hash,
-            requester_name=actor.display_name,
-            audit_run=self.audit.writer_run(name),
-        )
+        record = self._new_record(actor, name, version, target, comment, rule, now)
         digest = self.emit(
             actor,
             mv,
@@ -332,22 +305,15 @@ class Engine:
         assert rule.break_glass is not None
         self._check_not_already(mv, target)
         now = self.clock()
-        levels = tuple(tuple(Requirement(q.role, q.count) for q in lvl) for lvl in rule.levels)
-        record = RequestRecord(
-            id=uuid.uuid4().hex[:12],
-            name=name,
-            version=version,
-            target=target,
-            requester=actor.id,
-            created_at=now,
-            comment=reason,
-            rule=rule.name,
-            levels=levels,
-            separation_of_duties=rule.separation_of_duties,
+        record = self._new_record(
+            actor,
+            name,
+            version,
+            target,
+            reason,
+            rule,
+            now,
             expires_at=None,  # a review does not expire: it becomes overdue, and stays signable
-            policy_hash=self.policy.content_hash,
-            requester_name=actor.display_name,
-            audit_run=self.audit.writer_run(name),
             break_glass=True,
             review_by=now + rule.break_glass.review_within,
         )
@@ -376,6 +342,49 @@ class Engine:
         facts.emergency[record.id] = ending
         facts.index = T.INDEX_PENDING
         return facts.request(record.id, now)
+
+    def _new_record(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        target: Target,
+        comment: str | None,
+        rule: Rule,
+        now: datetime,
+        **overrides: Any,
+    ) -> RequestRecord:
+        """A new request under ``rule``; InvalidRequest when nobody but the requester could
+        complete it (separation of duties)."""
+        levels = tuple(tuple(Requirement(q.role, q.count) for q in lvl) for lvl in rule.levels)
+        problem = eligible_signers(
+            levels,
+            {role: tuple(m) for role, m in self.policy.roles.items()},
+            actor.id if rule.separation_of_duties else None,
+        )
+        if problem:
+            raise InvalidRequest(
+                f"rule '{rule.name}' cannot be satisfied for a request by {actor.id}: {problem}"
+                " (the requester cannot sign their own request). Ask someone else to file it, "
+                "or add members to the roles"
+            )
+        fields: dict[str, Any] = {
+            "id": uuid.uuid4().hex[:12],
+            "name": name,
+            "version": version,
+            "target": target,
+            "requester": actor.id,
+            "created_at": now,
+            "comment": comment,
+            "rule": rule.name,
+            "levels": levels,
+            "separation_of_duties": rule.separation_of_duties,
+            "expires_at": None if rule.expires_after is None else now + rule.expires_after,
+            "policy_hash": self.policy.content_hash,
+            "requester_name": actor.display_name,
+            "audit_run": self.audit.writer_run(name),
+        }
+        return RequestRecord(**{**fields, **overrides})
 
     def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
         """Break-glass changes whose review was rejected or is overdue."""

@@ -69,12 +69,7 @@ class RemoteLifecycle:
         params: dict[str, Any] = {"name": name, "comment": comment, "action": target.action}
         if version is not None:
             params["version"] = version
-        if target.kind == "stage":
-            params["stage"] = target.value
-            params["archive_existing_versions"] = target.archive_existing_versions
-        else:
-            params["alias"] = target.value
-        return self._one("request", params)
+        return self._one("request", {**params, **_target_params(target)})
 
     def sign(
         self, name: str, version: str, decision: str, comment: str | None, rid: str | None
@@ -105,13 +100,8 @@ class RemoteLifecycle:
     def break_glass(
         self, name: str, version: str, target: Target, reason: str | None
     ) -> ApprovalRequest:
-        params: dict[str, Any] = {"name": name, "version": version, "reason": reason}
-        if target.kind == "stage":
-            params["stage"] = target.value
-            params["archive_existing_versions"] = target.archive_existing_versions
-        else:
-            params["alias"] = target.value
-        return self._one("break-glass", params)
+        params = {"name": name, "version": version, "reason": reason}
+        return self._one("break-glass", {**params, **_target_params(target)})
 
     def reconcile(self, name: str) -> dict[str, Any]:
         """Run reconcile on the server (it alone may write the audit log); the report's dict."""
@@ -119,6 +109,16 @@ class RemoteLifecycle:
 
     def _one(self, action: str, params: Mapping[str, Any]) -> ApprovalRequest:
         return wire.decode_request(call(self.base_uri, action, params, self.auth), utcnow())
+
+
+def _target_params(target: Target) -> dict[str, Any]:
+    """A target as the endpoints' parameters."""
+    if target.kind == "stage":
+        return {
+            "stage": target.value,
+            "archive_existing_versions": target.archive_existing_versions,
+        }
+    return {"alias": target.value}
 
 
 def probe(
