@@ -689,7 +689,7 @@ def break_glass(
 
     The change is audited as break-glass, and a review by the rule's levels opens, due within
     the rule's review_within: approvers sign it with `approve` as usual. Exits 3 while the
-    review waits (the change is already applied), 0 once it is reviewed.
+    review waits (the change is already applied); `status` exits 0 once it is reviewed.
     """
     if (stage is None) == (alias is None):
         raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
