@@ -158,21 +158,29 @@ def approvals_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appro
                 _drop_pg_database(pg_db)
 
 
-def _create_users(uri: str) -> None:
-    from mlflow.server.auth.client import AuthServiceClient
-
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN, PASSWORD
+@contextlib.contextmanager
+def signed_in(user: str) -> Iterator[None]:
+    """MLflow's client credentials for ``user`` (a test user or the admin) while the block runs."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict(zip(keys, (user, PASSWORD), strict=True)))
     try:
-        admin = AuthServiceClient(uri)
-        for user in SERVER_USERS:
-            admin.create_user(user, PASSWORD)
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _create_users(uri: str) -> None:
+    from mlflow.server.auth.client import AuthServiceClient
+
+    with signed_in(ADMIN):
+        admin = AuthServiceClient(uri)
+        for user in SERVER_USERS:
+            admin.create_user(user, PASSWORD)
 
 
 @pytest.fixture(scope="session")

@@ -8,18 +8,15 @@ comes from the approvals gate, not from basic-auth.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import tempfile
-from collections.abc import Iterator
 
 import pytest
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import ADMIN, PASSWORD, ApprovalsServer, unique_name
+from conftest import ADMIN, PASSWORD, ApprovalsServer, signed_in, unique_name
 from mlflow_approvals import ApprovalClient
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import TYPE_PREFIX
@@ -28,22 +25,6 @@ from mlflow_approvals.remote import RemoteError, RemoteLifecycle
 from mlflow_approvals.testing import register_versions
 
 pytestmark = pytest.mark.server
-
-
-@contextlib.contextmanager
-def signed_in(user: str) -> Iterator[None]:
-    """MLflow's client credentials for ``user`` while the block runs."""
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict(zip(keys, (user, PASSWORD), strict=True)))
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class Env:

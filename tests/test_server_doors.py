@@ -15,14 +15,13 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import ADMIN, PASSWORD, ApprovalsServer, unique_name
+from conftest import ADMIN, PASSWORD, ApprovalsServer, signed_in, unique_name
 from mlflow_approvals import ApprovalClient
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import TYPE_PREFIX
 from mlflow_approvals.lifecycle import Target
 from mlflow_approvals.remote import RemoteLifecycle
 from mlflow_approvals.testing import register_versions
-from test_server import signed_in
 
 pytestmark = pytest.mark.server
 

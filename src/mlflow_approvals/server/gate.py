@@ -57,15 +57,20 @@ class RegistryView:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._read: dict[tuple[str, str], ModelVersion | None] = {}
 
     def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
         return self._engine.rule_for(name, kind, value)
 
     def version(self, name: str, version: str) -> ModelVersion | None:
-        try:
-            return self._engine.registry.get_model_version(name, version)
-        except Exception:
-            return None
+        """The version as read once for this view (a view lives for one request)."""
+        key = (name, version)
+        if key not in self._read:
+            try:
+                self._read[key] = self._engine.registry.get_model_version(name, version)
+            except Exception:
+                self._read[key] = None
+        return self._read[key]
 
     def versions(self, name: str) -> list[ModelVersion]:
         return self._engine.registry.versions_of(name)
@@ -96,7 +101,6 @@ class Gate:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self.view = RegistryView(engine)
         self.table = routes.route_table()
 
     # ------------------------------------------------------------------ Flask ------------
@@ -121,14 +125,15 @@ class Gate:
                 "authenticating proxy): registry writes are refused until it can",
                 403,
             )
-        judgement = judge(door, params, self.view)
+        view = RegistryView(self.engine)  # per request: the judge and the record share its reads
+        judgement = judge(door, params, view)
         if judgement.refusal and self.settings.enforcement == "enforce":
-            self._record(actor, judgement, route, "attempt.denied", best_effort=True)
+            self._record(actor, judgement, route, "attempt.denied", best_effort=True, view=view)
             return _refuse(judgement.refusal, 403)
         kind = "gate.bypassed" if judgement.refusal else "registry.changed"
         if judgement.recorded:
             try:
-                digest = self._record(actor, judgement, route, kind)
+                digest = self._record(actor, judgement, route, kind, view=view)
             except Exception as exc:
                 return _refuse(
                     f"the audit log of '{judgement.name}' could not be written ({exc}); "
@@ -188,6 +193,7 @@ class Gate:
         best_effort: bool = False,
         parents: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        view: RegistryView | None = None,
     ) -> str | None:
         if judgement.name is None:
             return None
@@ -196,7 +202,7 @@ class Gate:
         who = actor or Actor.named("unknown")
         mv = None
         if judgement.version is not None:
-            mv = self.view.version(judgement.name, judgement.version)
+            mv = (view or RegistryView(self.engine)).version(judgement.name, judgement.version)
         facts = T.VersionFacts(judgement.name, str(mv.version), mv.tags or {}) if mv else None
         event = make_event(
             type=kind,
@@ -237,7 +243,9 @@ class GateMiddleware:
             path, method = str(scope.get("path", "")), str(scope.get("method", "GET"))
             found = routes.door_for(path, method, gate.table)
             if found is not None and found[1] == "write_artifacts":
-                judgement = judge(found[1], {"artifact_path": _artifact_path(path)}, gate.view)
+                judgement = judge(
+                    found[1], {"artifact_path": _artifact_path(path)}, RegistryView(gate.engine)
+                )
                 if judgement.refusal and gate.settings.enforcement == "enforce":
                     await _asgi_refuse(send, judgement.refusal)
                     return None
