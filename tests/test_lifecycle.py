@@ -70,12 +70,13 @@ def test_surplus_signoffs_do_not_count_toward_other_requirements():
     assert missing == (Requirement("mle", 1),)
 
 
-def test_deadline_passed_is_expired_but_approved_stays_approved():
-    """Expiry ends a pending request, not one every level has already approved."""
+def test_deadline_passed_expires_an_approved_request_not_yet_applied():
+    """Expiry ends a pending request and an approved one whose apply never happened."""
     late = T0 + timedelta(days=2)
     assert derive(record(), (), late).status is Status.EXPIRED
     signs = (approve("bob", "ds", 1), approve("carol", "mle", 1), approve("dave", "owner", 2))
-    assert derive(record(), signs, late).status is Status.APPROVED
+    assert derive(record(), signs, T0 + timedelta(hours=1)).status is Status.APPROVED
+    assert derive(record(), signs, late).status is Status.EXPIRED
 
 
 def test_rejection_wins_over_approvals():

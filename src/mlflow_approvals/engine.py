@@ -174,6 +174,42 @@ def event_kind(target: Target) -> str:
     return "alias.set" if target.action == "set" else "alias.deleted"
 
 
+def unbacked(record: RequestRecord, policy: Policy) -> str | None:
+    """Why the policy does not back ``record`` (None when it does).
+
+    A request fact is not trusted for what it needs: the rule it names must be the rule that
+    gates its target under the policy now, and its levels, separation of duties and deadline
+    must be at least that rule's. A break-glass review is not vetted: its change happened, and
+    completing the review changes nothing in the registry.
+    """
+    if record.break_glass:
+        return None
+    target = record.target
+    rule = policy.match(record.name, target.kind, target.value)
+    why = f"request {record.id} cannot be applied: "
+    if rule is None or rule.name != record.rule:
+        now = "no rule" if rule is None else f"rule '{rule.name}'"
+        return (
+            f"{why}it was filed under rule '{record.rule}', but {now} of the policy gates "
+            f"{target} of '{record.name}' now. File a new request"
+        )
+    asked = [{q.role: q.count for q in lvl} for lvl in record.levels]
+    for i, level in enumerate(rule.levels):
+        for q in level:
+            if i >= len(asked) or asked[i].get(q.role, 0) < q.count:
+                return (
+                    f"{why}it asks for less than rule '{rule.name}' (level {i + 1} needs "
+                    f"{q.count} of {q.role}). File a new request"
+                )
+    if rule.separation_of_duties and not record.separation_of_duties:
+        return f"{why}rule '{rule.name}' asks for separation of duties, and it does not"
+    if rule.expires_after is not None and (
+        record.expires_at is None or record.expires_at > record.created_at + rule.expires_after
+    ):
+        return f"{why}its deadline is later than rule '{rule.name}' allows"
+    return None
+
+
 class Engine:
     """The approval lifecycle over a registry port and an audit sink, under a policy.
 
@@ -235,7 +271,9 @@ class Engine:
             if existing.is_open and existing.record.target == target:
                 return existing
         self._check_not_already(mv, target)
-        record = self._new_record(actor, name, version, target, comment, rule, now)
+        record = self._new_record(
+            actor, name, version, target, comment, rule, now, holders=self._holders(mv, target)
+        )
         digest = self.emit(
             actor,
             mv,
@@ -421,6 +459,9 @@ class Engine:
         request = self.pick(facts, request_id)
         if decision == "approve" and request.status is Status.APPROVED:
             return self._apply(actor, mv, facts, request)  # retry of an apply that failed
+        problem = unbacked(request.record, self.policy) if decision == "approve" else None
+        if problem and request.is_open:
+            raise self.deny(actor, mv, facts, request, decision, problem)
         verdict = decide_signoff(
             request,
             actor.id,
@@ -728,15 +769,20 @@ class Engine:
             return facts.request(request.id, self.clock())
         if request.break_glass:
             return self._complete_review(actor, mv, facts, request)
+        problem = unbacked(request.record, self.policy)
+        if problem:
+            raise self.deny(actor, mv, facts, request, "apply", problem)
         target = request.record.target
         name, version = mv.name, str(mv.version)
         now = self.clock()
+        in_stage = self._versions_in_stage(name, target.value) if target.kind == "stage" else []
+        taken = self._taken(mv, request.record, in_stage)
+        if taken:
+            raise self._supersede(actor, mv, facts, request, taken)
         archived: list[ModelVersion] = []
         in_effect = is_in_effect(mv, target)
         if target.kind == "stage" and target.archive_existing_versions and not in_effect:
-            archived = [
-                v for v in self._versions_in_stage(name, target.value) if str(v.version) != version
-            ]
+            archived = [v for v in in_stage if str(v.version) != version]
         archived_events = []
         for other in archived:
             event = self.emit(
@@ -800,6 +846,63 @@ class Engine:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)
         return facts.request(request.id, self.clock())
+
+    def _holders(self, mv: ModelVersion, target: Target) -> tuple[str, ...] | None:
+        """The versions holding ``target`` now (None for the stages every version can be in)."""
+        if target.kind == "stage":
+            if target.value in ("None", "Archived"):
+                return None
+            held = self._versions_in_stage(mv.name, target.value)
+            return tuple(str(v.version) for v in held)
+        aliases = self.registry.get_registered_model(mv.name).aliases or {}
+        holder = aliases.get(target.value)
+        return () if holder is None else (str(holder),)
+
+    def _taken(
+        self, mv: ModelVersion, record: RequestRecord, in_stage: list[ModelVersion]
+    ) -> list[str]:
+        """The versions that took ``record``'s target since it was filed (other than its own)."""
+        if record.holders is None:
+            return []
+        if record.target.kind == "stage":
+            now = [str(v.version) for v in in_stage]
+        else:
+            now = list(self._holders(mv, record.target) or ())
+        return [v for v in now if v != str(mv.version) and v not in record.holders]
+
+    def _supersede(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest,
+        taken: list[str],
+    ) -> InvalidRequest:
+        """Record that the target moved on since filing; return the error to raise."""
+        held = ", ".join(f"v{v}" for v in taken)
+        why = (
+            f"request {request.id} was not applied: {request.record.target} of '{mv.name}' is "
+            f"now held by {held}, which did not hold it when the request was filed, so the "
+            "approvals do not cover this state. Nothing was changed: request it again"
+        )
+        now = self.clock()
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "request.superseded",
+            request,
+            event_id=deterministic_id(request.id, "superseded"),
+            time=now,
+            before={"status": request.status.value},
+            after={"status": "superseded", "held_by": taken},
+            comment=why,
+        )
+        ending = Ending(actor.id, now, why, digest, actor.display_name)
+        if self._write_shared_fact(mv, T.superseded_key(request.id), T.encode_ending(ending)):
+            facts.superseded[request.id] = ending
+        self._settle_index(mv, facts)
+        return InvalidRequest(why)
 
     def _write_tag(self, name: str, version: str, key: str, value: str) -> None:
         self.registry.set_model_version_tag(name, version, key, value)

@@ -33,6 +33,7 @@ class Status(str, Enum):
     REJECTED = "rejected"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    SUPERSEDED = "superseded"  # another version took the target before it was applied
 
     def __str__(self) -> str:
         return self.value
@@ -143,6 +144,9 @@ class RequestRecord:
     audit_run: str | None = None  # the audit run its events go to (saves each signer a look-up)
     break_glass: bool = False  # applied at once in an emergency; the levels review it afterwards
     review_by: datetime | None = None  # a break-glass change's review deadline
+    # The versions that held the target when the request was filed (None: not recorded). When
+    # another version holds it at apply time, the approvals were for a state that has gone.
+    holders: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ class ApprovalRequest:
     expired: Ending | None = None
     emergency: Ending | None = None  # the break-glass application, before any review
     overdue: bool = False  # a break-glass review still open after its deadline
+    superseded: Ending | None = None  # the target moved on before it was applied
 
     # Flat accessors, so callers read request.target rather than request.record.target.
     @property
@@ -311,6 +316,9 @@ class ApprovalRequest:
                 "display_name": self.applied.display_name or self.applied.actor,
                 "time": ts(self.applied.time),
             },
+            "superseded": None
+            if self.superseded is None
+            else {"time": ts(self.superseded.time), "comment": self.superseded.comment},
         }
 
 
@@ -344,6 +352,7 @@ def format_history(request: ApprovalRequest) -> list[str]:
     for label, ending in (
         ("cancellation", request.cancelled),
         ("expiry", request.expired),
+        ("superseded", request.superseded),
         ("application", request.applied),
     ):
         if ending is not None:
@@ -411,10 +420,13 @@ def derive(
     applied: Ending | None = None,
     expired: Ending | None = None,
     emergency: Ending | None = None,
+    superseded: Ending | None = None,
 ) -> ApprovalRequest:
     """Derive a request's status from its facts and the clock.
 
     A break-glass request was applied at once (``emergency``); its status is that of its review.
+    An approved request not applied by its deadline is expired: an approval is for the state of
+    the registry it was given in, not for days later.
     """
     ordered = tuple(sorted(signoffs, key=lambda s: (s.time, s.actor)))
     open_level, missing = level_progress(record.levels, ordered)
@@ -427,10 +439,14 @@ def derive(
         status = Status.CANCELLED
     elif any(s.decision == "reject" for s in ordered):
         status = Status.REJECTED
+    elif superseded is not None:
+        status = Status.SUPERSEDED
+    elif expired is not None or (
+        record.expires_at is not None and now >= record.expires_at and not record.break_glass
+    ):
+        status = Status.EXPIRED
     elif open_level is None:
         status = Status.APPROVED
-    elif expired is not None or (record.expires_at is not None and now >= record.expires_at):
-        status = Status.EXPIRED
     else:
         status = Status.PENDING
     return ApprovalRequest(
@@ -443,6 +459,7 @@ def derive(
         applied=applied,
         expired=expired,
         emergency=emergency,
+        superseded=superseded,
         overdue=bool(
             record.break_glass
             and status is Status.PENDING

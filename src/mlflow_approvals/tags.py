@@ -8,6 +8,7 @@ Each fact is written once, under a key only its writer uses (see docs/architectu
     mlflow_approvals.r.<rid>.applied          the application
     mlflow_approvals.r.<rid>.expired          the expiry, recorded by whoever noticed it
     mlflow_approvals.r.<rid>.breakglass       the emergency application (break-glass)
+    mlflow_approvals.r.<rid>.superseded       the target moved before the request was applied
     mlflow_approvals.index                    "pending" | "idle": the searchable index
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -30,6 +32,9 @@ from mlflow_approvals.lifecycle import (
     derive,
 )
 
+_log = logging.getLogger(__name__)
+_reported: set[tuple[str, str, str, str]] = set()
+
 PREFIX = "mlflow_approvals."
 INDEX_KEY = PREFIX + "index"
 INDEX_PENDING = "pending"
@@ -40,7 +45,7 @@ MAX_COMMENT_CHARS = 5000
 MAX_VALUE_CHARS = 100_000  # MLflow's limit for model-version tag values
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _FACT = re.compile(
-    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired|breakglass))?$"
+    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired|breakglass|superseded))?$"
 )
 
 
@@ -79,6 +84,10 @@ def breakglass_key(rid: str) -> str:
     return f"{_REQ}{rid}.breakglass"
 
 
+def superseded_key(rid: str) -> str:
+    return f"{_REQ}{rid}.superseded"
+
+
 def encode_time(t: datetime | None) -> str | None:
     """A time as the facts and events write it (ISO 8601, ``Z``)."""
     return None if t is None else _ts(t)
@@ -90,6 +99,72 @@ def _ts(t: datetime) -> str:
 
 def _parse_ts(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+class MalformedFact(ValueError):
+    """A value under the reserved prefix that is not a fact as mlflow-approvals writes it."""
+
+
+class _Fields:
+    """Typed reads of one decoded fact: each wrong type is a MalformedFact naming the field."""
+
+    def __init__(self, value: str, what: str) -> None:
+        try:
+            data = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedFact(f"{what} is not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            kind = {list: "an array", str: "a string", type(None): "null"}.get(type(data), "a number")
+            raise MalformedFact(f"{what} is {kind}, not a JSON object")
+        self.data: dict[str, Any] = data
+        self.what = what
+
+    def _bad(self, key: str, wanted: str) -> MalformedFact:
+        got = self.data.get(key)
+        return MalformedFact(f"{self.what}: field {key!r} should be {wanted}, not {got!r:.60}")
+
+    def text(self, key: str) -> str:
+        got = self.data.get(key)
+        if not isinstance(got, str) or not got:
+            raise self._bad(key, "a non-empty string")
+        return got
+
+    def opt_text(self, key: str) -> str | None:
+        got = self.data.get(key)
+        if got is not None and not isinstance(got, str):
+            raise self._bad(key, "a string or null")
+        return got
+
+    def time(self, key: str) -> datetime:
+        got = self.data.get(key)
+        try:
+            t = _parse_ts(got) if isinstance(got, str) else None
+        except ValueError:
+            t = None
+        if t is None or t.tzinfo is None or t.utcoffset() is None:
+            raise self._bad(key, "an ISO 8601 time with its UTC offset")
+        return t
+
+    def opt_time(self, key: str) -> datetime | None:
+        return None if self.data.get(key) is None else self.time(key)
+
+    def flag(self, key: str) -> bool:
+        got = self.data.get(key, False)
+        if not isinstance(got, bool):
+            raise self._bad(key, "true or false")
+        return got
+
+    def opt_int(self, key: str) -> int | None:
+        got = self.data.get(key)
+        if got is not None and (isinstance(got, bool) or not isinstance(got, int)):
+            raise self._bad(key, "an integer or null")
+        return got
+
+    def choice(self, key: str, *choices: str) -> str:
+        got = self.data.get(key)
+        if got not in choices:
+            raise self._bad(key, " or ".join(repr(c) for c in choices))
+        return str(got)
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -122,36 +197,80 @@ def encode_request(r: RequestRecord) -> str:
         "requester_name": r.requester_name,
         "audit_run": r.audit_run,
     }
+    if r.holders is not None:
+        data["holders"] = list(r.holders)
     if r.break_glass:
         data["break_glass"] = True
         data["review_by"] = None if r.review_by is None else _ts(r.review_by)
     return _dump(data)
 
 
+def _levels(f: _Fields) -> tuple[tuple[Requirement, ...], ...]:
+    raw = f.data.get("levels")
+    wanted = "a list of levels, each a list of [role, count] pairs"
+    if not isinstance(raw, list) or not raw:
+        raise f._bad("levels", wanted)
+    levels = []
+    for level in raw:
+        if not isinstance(level, list) or not level:
+            raise f._bad("levels", wanted)
+        reqs = []
+        for pair in level:
+            ok = isinstance(pair, list) and len(pair) == 2
+            role, n = (pair[0], pair[1]) if ok else (None, None)
+            if not (isinstance(role, str) and role and type(n) is int and n >= 1):
+                raise f._bad("levels", wanted)
+            reqs.append(Requirement(role, n))
+        levels.append(tuple(reqs))
+    return tuple(levels)
+
+
+def _holders(f: _Fields) -> tuple[str, ...] | None:
+    raw = f.data.get("holders")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(v, str) and v.isdigit() for v in raw):
+        raise f._bad("holders", "a list of version numbers")
+    return tuple(raw)
+
+
 def decode_request(name: str, version: str, value: str) -> RequestRecord:
-    d = json.loads(value)
-    if d.get("name") != name or str(d.get("version")) != version:
+    f = _Fields(value, "request fact")
+    if f.data.get("name") != name or str(f.data.get("version")) != version:
         # copied here by copy_model_version: a request belongs to the version it was filed on
-        raise ValueError("request fact filed on another model version")
-    t = d["target"]
+        raise MalformedFact("request fact filed on another model version")
+    t = f.data.get("target")
+    if not isinstance(t, dict):
+        raise f._bad("target", "an object")
+    tf = _Fields(json.dumps(t), "request fact's target")
+    kind = tf.choice("kind", "stage", "alias")
+    action = tf.choice("action", "set", "delete")
+    if kind == "stage" and action != "set":
+        raise tf._bad("action", "'set' for a stage")
     return RequestRecord(
-        id=d["id"],
+        id=f.text("id"),
         name=name,
         version=version,
-        target=Target(t["kind"], t["value"], t["action"], bool(t["archive_existing_versions"])),
-        requester=d["requester"],
-        created_at=_parse_ts(d["created_at"]),
-        comment=d.get("comment"),
-        rule=d["rule"],
-        levels=tuple(tuple(Requirement(role, int(n)) for role, n in lvl) for lvl in d["levels"]),
-        separation_of_duties=bool(d["separation_of_duties"]),
-        expires_at=None if d.get("expires_at") is None else _parse_ts(d["expires_at"]),
-        policy_hash=d["policy_hash"],
-        event=d.get("event"),
-        requester_name=d.get("requester_name"),
-        audit_run=d.get("audit_run"),
-        break_glass=d.get("break_glass") is True,
-        review_by=None if d.get("review_by") is None else _parse_ts(d["review_by"]),
+        target=Target(
+            kind,  # type: ignore[arg-type]
+            tf.text("value"),
+            action,  # type: ignore[arg-type]
+            tf.flag("archive_existing_versions"),
+        ),
+        requester=f.text("requester"),
+        created_at=f.time("created_at"),
+        comment=f.opt_text("comment"),
+        rule=f.text("rule"),
+        levels=_levels(f),
+        separation_of_duties=f.flag("separation_of_duties"),
+        expires_at=f.opt_time("expires_at"),
+        policy_hash=f.text("policy_hash"),
+        event=f.opt_text("event"),
+        requester_name=f.opt_text("requester_name"),
+        audit_run=f.opt_text("audit_run"),
+        break_glass=f.flag("break_glass"),
+        review_by=f.opt_time("review_by"),
+        holders=_holders(f),
     )
 
 
@@ -171,16 +290,20 @@ def encode_signoff(s: SignOff) -> str:
 
 
 def decode_signoff(value: str) -> SignOff:
-    d = json.loads(value)
+    f = _Fields(value, "sign-off fact")
+    decision = f.choice("decision", "approve", "reject")
+    level = f.opt_int("level")
+    if decision == "approve" and (level is None or level < 1):
+        raise f._bad("level", "the level (1 or more) an approval counts toward")
     return SignOff(
-        actor=d["actor"],
-        decision=d["decision"],
-        role=d.get("role"),
-        level=d.get("level"),
-        comment=d.get("comment"),
-        time=_parse_ts(d["time"]),
-        display_name=d.get("display_name"),
-        event=d.get("event"),
+        actor=f.text("actor"),
+        decision=decision,  # type: ignore[arg-type]
+        role=f.opt_text("role"),
+        level=level,
+        comment=f.opt_text("comment"),
+        time=f.time("time"),
+        display_name=f.opt_text("display_name"),
+        event=f.opt_text("event"),
     )
 
 
@@ -197,9 +320,13 @@ def encode_ending(e: Ending) -> str:
 
 
 def decode_ending(value: str) -> Ending:
-    d = json.loads(value)
+    f = _Fields(value, "fact")
     return Ending(
-        d["actor"], _parse_ts(d["time"]), d.get("comment"), d.get("event"), d.get("display_name")
+        f.text("actor"),
+        f.time("time"),
+        f.opt_text("comment"),
+        f.opt_text("event"),
+        f.opt_text("display_name"),
     )
 
 
@@ -215,32 +342,58 @@ class VersionFacts:
         self.applied: dict[str, Ending] = {}
         self.expired: dict[str, Ending] = {}
         self.emergency: dict[str, Ending] = {}
+        self.superseded: dict[str, Ending] = {}
+        self.malformed: dict[str, str] = {}
+        """Reserved keys whose value is not a fact as written by mlflow-approvals: key -> why."""
         self.index = tags.get(INDEX_KEY)
+        if self.index not in (None, INDEX_PENDING, INDEX_IDLE):
+            self.malformed[INDEX_KEY] = f"index should be 'pending' or 'idle', not {self.index!r:.60}"
+        endings = {
+            "cancel": self.cancelled,
+            "applied": self.applied,
+            "expired": self.expired,
+            "breakglass": self.emergency,
+            "superseded": self.superseded,
+        }
         for key, value in tags.items():
+            if not is_reserved(key) or key == INDEX_KEY:
+                continue
             m = _FACT.match(key)
             if not m:
+                self.malformed[key] = "not a key mlflow-approvals writes"
                 continue
             rid = m.group(1)
             try:
+                if not isinstance(value, str):
+                    raise MalformedFact(f"value is a {type(value).__name__}, not text")
                 if m.group(2):
-                    self.signoffs.setdefault(rid, []).append(decode_signoff(value))
-                elif m.group(4) == "cancel":
-                    self.cancelled[rid] = decode_ending(value)
-                elif m.group(4) == "applied":
-                    self.applied[rid] = decode_ending(value)
-                elif m.group(4) == "expired":
-                    self.expired[rid] = decode_ending(value)
-                elif m.group(4) == "breakglass":
-                    self.emergency[rid] = decode_ending(value)
+                    signoff = decode_signoff(value)
+                    if actor_key(signoff.actor) != m.group(3):
+                        raise MalformedFact("sign-off filed under another person's key")
+                    self.signoffs.setdefault(rid, []).append(signoff)
+                elif m.group(4):
+                    endings[m.group(4)][rid] = decode_ending(value)
                 else:
                     record = decode_request(name, version, value)
-                    if record.id == rid:
-                        self.requests[rid] = record
-            except (ValueError, KeyError, TypeError):
-                # A fact that does not decode was not written by us; it is ignored here and
-                # reported by `audit reconcile`.
-                continue
-
+                    if record.id != rid:
+                        raise MalformedFact("request fact filed under another request's key")
+                    self.requests[rid] = record
+            except Exception as exc:  # reading is total: any value, any type, never a crash
+                why = str(exc) if isinstance(exc, MalformedFact) else f"{type(exc).__name__}"
+                self.malformed[key] = why
+        for key, why in self.malformed.items():
+            mark = (name, version, key, why)
+            if mark not in _reported:  # once per process: readers go on without it
+                _reported.add(mark)
+                _log.warning(
+                    "ignoring tag %r on %s v%s: %s. Only mlflow-approvals writes under %r; "
+                    "`mlflow-approvals audit reconcile` lists such tags",
+                    key,
+                    name,
+                    version,
+                    why,
+                    PREFIX,
+                )
     def request(self, rid: str, now: datetime) -> ApprovalRequest:
         """The request ``rid`` with its status derived from the facts and ``now``."""
         return derive(
@@ -251,6 +404,7 @@ class VersionFacts:
             applied=self.applied.get(rid),
             expired=self.expired.get(rid),
             emergency=self.emergency.get(rid) if self.requests[rid].break_glass else None,
+            superseded=self.superseded.get(rid),
         )
 
     def all_requests(self, now: datetime) -> list[ApprovalRequest]:
@@ -263,7 +417,13 @@ class VersionFacts:
         own = self.requests  # facts copied from another version (copy_model_version) don't count
         hashes = [r.event for r in own.values()]
         hashes += [s.event for rid, sl in self.signoffs.items() if rid in own for s in sl]
-        for endings in (self.cancelled, self.applied, self.expired, self.emergency):
+        for endings in (
+            self.cancelled,
+            self.applied,
+            self.expired,
+            self.emergency,
+            self.superseded,
+        ):
             hashes += [e.event for rid, e in endings.items() if rid in own]
         return sorted({h for h in hashes if h})
 
@@ -295,6 +455,7 @@ def request_facts(request: ApprovalRequest) -> dict[str, str]:
         (applied_key(rid), request.applied),
         (expired_key(rid), request.expired),
         (breakglass_key(rid), request.emergency),
+        (superseded_key(rid), request.superseded),
     ):
         if ending is not None:
             facts[key] = encode_ending(ending)
