@@ -7,6 +7,7 @@ server, a SQL store for a ``sqlite:///`` registry), with the caller's claimed id
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,7 +28,7 @@ from mlflow_approvals.engine import (
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
 from mlflow_approvals.identity import resolve_actor, resolve_display_name
 from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Decision, Status, Target
-from mlflow_approvals.policy import Policy, load_policy, policy_from_env
+from mlflow_approvals.policy import Policy, canonical_stage, load_policy, policy_from_env
 from mlflow_approvals.ports import Registry
 from mlflow_approvals.remote import RemoteLifecycle
 
@@ -155,8 +156,16 @@ class ApprovalClient(MlflowClient):
     def transition_model_version_stage(
         self, name: str, version: str | int, stage: str, archive_existing_versions: bool = False
     ) -> ModelVersion:
-        """Change a version's stage; on a gated target, file a request and raise ApprovalPending."""
-        stage = validate_stage(stage)
+        """Change a version's stage; on a gated target, file a request and raise ApprovalPending.
+
+        A stage MLflow does not know is MLflow's to refuse, with its own error.
+        """
+        try:
+            stage = canonical_stage(stage)
+        except (ValueError, TypeError):
+            return super().transition_model_version_stage(  # type: ignore[no-any-return]
+                name, version, stage, archive_existing_versions
+            )
         if self.enforcing_server:
             request = self.request_transition(name, version, stage, archive_existing_versions)
             if not request.id:  # not gated on the server: applied there
@@ -171,31 +180,95 @@ class ApprovalClient(MlflowClient):
 
     def set_registered_model_alias(self, name: str, alias: str, version: str | int) -> None:
         """Point an alias at a version; if gated, file a request and raise ApprovalPending."""
-        validate_alias(alias)
         if self.enforcing_server:
             request = self.request_alias(name, version, alias)
             if request.id:
                 raise pending_error(request)
             return
-        if self.engine.rule_for(name, "alias", alias) is None:
-            super().set_registered_model_alias(name, alias, str(version))
+        if not isinstance(alias, str) or self.engine.rule_for(name, "alias", alias) is None:
+            super().set_registered_model_alias(name, alias, str(version))  # MLflow validates
             return
         request = self.request_alias(name, version, alias)
         raise pending_error(request)
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         """Delete an alias; on a gated target, file a request and raise ApprovalPending."""
-        validate_alias(alias)
         if self.enforcing_server:
             request = self.request_alias_deletion(name, alias)
             if request.id:
                 raise pending_error(request)
             return
-        if self.engine.rule_for(name, "alias", alias) is None:
-            super().delete_registered_model_alias(name, alias)
+        if not isinstance(alias, str) or self.engine.rule_for(name, "alias", alias) is None:
+            super().delete_registered_model_alias(name, alias)  # MLflow validates
             return
         request = self.request_alias_deletion(name, alias)
         raise pending_error(request)
+
+    def create_registered_model(
+        self,
+        name: str,
+        tags: dict[str, Any] | None = None,
+        description: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """As MlflowClient's, but tags under the reserved prefix are refused."""
+        self._refuse_reserved_tags(tags, "model")
+        return super().create_registered_model(name, tags, description, *args, **kwargs)
+
+    def create_model_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> ModelVersion:
+        """As MlflowClient's, but tags under the reserved prefix are refused: approval state
+        is written by the lifecycle only, never carried in by a new version."""
+        self._refuse_reserved_tags(tags, "version")
+        return super().create_model_version(
+            name, source, run_id, tags, *args, **kwargs
+        )
+
+    def copy_model_version(self, src_model_uri: str, dst_name: str) -> ModelVersion:
+        """As MlflowClient's, but the copy carries no approval state: MLflow copies every tag of
+        the source, and the tags under the reserved prefix are left behind."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        registry = self._get_registry_client()  # type: ignore[no-untyped-call]
+        try:
+            src_name, src_version = get_model_name_and_version(  # type: ignore[no-untyped-call]
+                registry, src_model_uri
+            )
+            src = registry.get_model_version(src_name, src_version)
+        except MlflowException:
+            return super().copy_model_version(src_model_uri, dst_name)  # MLflow's own error
+        if not any(T.is_reserved(k) for k in (src.tags or {})):
+            return super().copy_model_version(src_model_uri, dst_name)
+        clean = copy.copy(src)
+        clean._tags = {k: v for k, v in (src.tags or {}).items() if not T.is_reserved(k)}
+        return registry.copy_model_version(src_mv=clean, dst_name=dst_name)  # type: ignore[no-any-return]
+
+    def delete_model_version(self, name: str, version: str | int) -> None:
+        """As MlflowClient's, but a version holding a gated stage or alias, or an open request,
+        cannot be deleted; the deletion of a version with an audit trail is recorded first."""
+        self._judged("delete_version", {"name": name, "version": str(version)})
+        super().delete_model_version(name, str(version))
+
+    def delete_registered_model(self, name: str) -> None:
+        """As MlflowClient's, but refused while a version holds a gated stage or alias or an
+        open request; the deletion is recorded first (the audit log outlives the model)."""
+        self._judged("delete_model", {"name": name})
+        super().delete_registered_model(name)
+
+    def rename_registered_model(self, name: str, new_name: str) -> Any:
+        """As MlflowClient's, but refused while a version holds a gated stage or alias or an
+        open request; the old name's audit trail is closed by a recorded rename first."""
+        self._judged("rename_model", {"name": name, "new_name": new_name})
+        return super().rename_registered_model(name, new_name)
 
     def set_model_version_tag(
         self,
@@ -368,6 +441,43 @@ class ApprovalClient(MlflowClient):
         return reconcile_model(self.engine, name)
 
     # ------------------------------------------------------------------ internals --------
+    def _judged(self, door: str, params: Mapping[str, Any]) -> None:
+        """The server gate's decision on a direct write, taken in this process (client mode):
+        refuse it (audited), or record it before it happens. An approvals server judges its
+        own writes."""
+        if self.enforcing_server:
+            return
+        from mlflow_approvals.server.gate import RegistryView, record_change
+        from mlflow_approvals.server.judge import judge
+
+        view = RegistryView(self.engine)
+        judgement = judge(door, params, view)
+        if judgement.refusal:
+            record_change(
+                self.engine,
+                self._actor,
+                judgement,
+                door,
+                "attempt.denied",
+                best_effort=True,
+                view=view,
+            )
+            raise NotAuthorized(judgement.refusal)
+        if judgement.recorded:
+            record_change(self.engine, self._actor, judgement, door, "registry.changed", view=view)
+
+    @staticmethod
+    def _refuse_reserved_tags(tags: Any, what: str) -> None:
+        if not tags:
+            return
+        keys = tags.keys() if isinstance(tags, Mapping) else [getattr(t, "key", t) for t in tags]
+        reserved = sorted(str(k) for k in keys if T.is_reserved(str(k)))
+        if reserved:
+            raise NotAuthorized(
+                f"the new {what} would carry tags under the reserved prefix '{T.PREFIX}' "
+                f"({', '.join(reserved)}), which only mlflow-approvals writes: leave them out"
+            )
+
     @staticmethod
     def _refuse_reserved(key: str | None) -> None:
         if key is not None and T.is_reserved(key):

@@ -557,6 +557,7 @@ class Engine:
     ) -> ApprovalRequest:
         """Apply an approved request whose apply failed earlier (for example, audit store down)."""
         mv, facts = self.read(name, version)
+        self._record_expiries(mv, facts, self.clock())
         request = self.pick(facts, request_id)
         if request.status is Status.APPLIED:
             return request
@@ -942,7 +943,7 @@ class Engine:
                 request,
                 event_id=deterministic_id(rid, "expired"),
                 time=deadline,
-                before={"status": "pending"},
+                before={"status": "approved" if request.fully_signed else "pending"},
                 after={"status": "expired"},
                 comment=f"no complete sign-off before {deadline.isoformat()}",
             )

@@ -228,6 +228,11 @@ class ApprovalRequest:
         return self.status.is_open
 
     @property
+    def fully_signed(self) -> bool:
+        """True when every level has the sign-offs it needs (whatever the status)."""
+        return level_progress(self.record.levels, self.signoffs)[0] is None
+
+    @property
     def break_glass(self) -> bool:
         """True for an emergency change applied at once, whose review is this request."""
         return self.record.break_glass

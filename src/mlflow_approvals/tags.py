@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -114,7 +114,9 @@ class _Fields:
         except (ValueError, RecursionError) as exc:
             raise MalformedFact(f"{what} is not JSON ({exc.__class__.__name__})") from None
         if not isinstance(data, dict):
-            kind = {list: "an array", str: "a string", type(None): "null"}.get(type(data), "a number")
+            kind = {list: "an array", str: "a string", type(None): "null"}.get(
+                type(data), "a number"
+            )
             raise MalformedFact(f"{what} is {kind}, not a JSON object")
         self.data: dict[str, Any] = data
         self.what = what
@@ -347,7 +349,9 @@ class VersionFacts:
         """Reserved keys whose value is not a fact as written by mlflow-approvals: key -> why."""
         self.index = tags.get(INDEX_KEY)
         if self.index not in (None, INDEX_PENDING, INDEX_IDLE):
-            self.malformed[INDEX_KEY] = f"index should be 'pending' or 'idle', not {self.index!r:.60}"
+            self.malformed[INDEX_KEY] = (
+                f"index should be 'pending' or 'idle', not {self.index!r:.60}"
+            )
         endings = {
             "cancel": self.cancelled,
             "applied": self.applied,
@@ -394,6 +398,7 @@ class VersionFacts:
                     why,
                     PREFIX,
                 )
+
     def request(self, rid: str, now: datetime) -> ApprovalRequest:
         """The request ``rid`` with its status derived from the facts and ``now``."""
         return derive(
@@ -412,20 +417,28 @@ class VersionFacts:
         found = [self.request(rid, now) for rid in self.requests]
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
+    def anchored(self) -> Iterator[tuple[str, str]]:
+        """(tag key, event hash) of every fact of a request filed on this very version: facts
+        copied from another version (``copy_model_version``) anchor nothing here."""
+        for rid, record in self.requests.items():
+            if record.event:
+                yield request_key(rid), record.event
+            for s in self.signoffs.get(rid, ()):
+                if s.event:
+                    yield signoff_key(rid, s.actor), s.event
+            for key, ending in (
+                (cancel_key(rid), self.cancelled.get(rid)),
+                (applied_key(rid), self.applied.get(rid)),
+                (expired_key(rid), self.expired.get(rid)),
+                (breakglass_key(rid), self.emergency.get(rid)),
+                (superseded_key(rid), self.superseded.get(rid)),
+            ):
+                if ending is not None and ending.event:
+                    yield key, ending.event
+
     def event_hashes(self) -> list[str]:
         """The audit event hashes anchored in this version's facts (the heads a writer saw)."""
-        own = self.requests  # facts copied from another version (copy_model_version) don't count
-        hashes = [r.event for r in own.values()]
-        hashes += [s.event for rid, sl in self.signoffs.items() if rid in own for s in sl]
-        for endings in (
-            self.cancelled,
-            self.applied,
-            self.expired,
-            self.emergency,
-            self.superseded,
-        ):
-            hashes += [e.event for rid, e in endings.items() if rid in own]
-        return sorted({h for h in hashes if h})
+        return sorted({h for _, h in self.anchored()})
 
 
 def check_comment(comment: str | None) -> str | None:

@@ -195,38 +195,77 @@ class Gate:
         extra: dict[str, Any] | None = None,
         view: RegistryView | None = None,
     ) -> str | None:
-        if judgement.name is None:
-            return None
-        from mlflow_approvals.lifecycle import Actor
-
-        who = actor or Actor.named("unknown")
-        mv = None
-        if judgement.version is not None:
-            mv = (view or RegistryView(self.engine)).version(judgement.name, judgement.version)
-        facts = T.VersionFacts(judgement.name, str(mv.version), mv.tags or {}) if mv else None
-        event = make_event(
-            type=kind,
-            name=judgement.name,
-            version=judgement.version,
-            actor=who.id,
-            display_name=who.display_name,
-            comment=judgement.refusal,
-            before=judgement.before,
-            after=judgement.after,
-            policy_hash=self.engine.policy.content_hash,
-            run_id=None if mv is None else mv.run_id,
-            source=None if mv is None else mv.source,
-            parents=[*(facts.event_hashes() if facts else ()), *(parents or ())],
-            time=self.engine.clock(),
-            extra={"change": judgement.change, "route": route, **(extra or {})},
+        return record_change(
+            self.engine, actor, judgement, route, kind, best_effort, parents, extra, view
         )
-        try:
-            return self.engine.audit.append(event)
-        except Exception as exc:
-            if not best_effort:
-                raise
-            _log.warning("could not audit %s on %s: %s", kind, judgement.name, exc)
-            return None
+
+
+_CLOSES_TRAIL = ("delete_version", "delete_model", "rename_model")
+"""Direct writes after which events lose the tags that anchored them: their record is anchored
+in the audit run instead (:meth:`~mlflow_approvals.audit.AuditStore.anchor_deletion`)."""
+
+
+def record_change(
+    engine: Engine,
+    actor: Actor | None,
+    judgement: Judgement,
+    route: str,
+    kind: str,
+    best_effort: bool = False,
+    parents: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    view: RegistryView | None = None,
+) -> str | None:
+    """Write the audit event of a judged direct write; return its hash (None: not recorded).
+
+    Shared by the server's gate and ``ApprovalClient`` in client mode, so both record a write
+    the same way. A deletion or rename that goes through names the heads of every version it
+    takes away as parents, and is anchored in the audit run before it happens: the events
+    whose tags it deletes stay anchored as its ancestors, and ``audit verify`` can tell a
+    recorded deletion from a version that vanished.
+    """
+    if judgement.name is None:
+        return None
+    from mlflow_approvals.lifecycle import Actor
+
+    who = actor or Actor.named("unknown")
+    view = view or RegistryView(engine)
+    mv = None
+    if judgement.version is not None:
+        mv = view.version(judgement.name, judgement.version)
+    facts = T.VersionFacts(judgement.name, str(mv.version), mv.tags or {}) if mv else None
+    heads = list(facts.event_hashes() if facts else ())
+    closes = kind == "registry.changed" and judgement.change in _CLOSES_TRAIL
+    if closes and judgement.version is None:
+        for other in view.versions(judgement.name):
+            tags = other.tags or {}
+            heads += T.VersionFacts(judgement.name, str(other.version), tags).event_hashes()
+    event = make_event(
+        type=kind,
+        name=judgement.name,
+        version=judgement.version,
+        actor=who.id,
+        display_name=who.display_name,
+        comment=judgement.refusal,
+        before=judgement.before,
+        after=judgement.after,
+        policy_hash=engine.policy.content_hash,
+        run_id=None if mv is None else mv.run_id,
+        source=None if mv is None else mv.source,
+        parents=sorted(set(heads)) + list(parents or ()),
+        time=engine.clock(),
+        extra={"change": judgement.change, "route": route, **(extra or {})},
+    )
+    try:
+        digest = engine.audit.append(event)
+        if closes and (heads or judgement.version is None):
+            engine.audit.anchor_deletion(judgement.name, judgement.version, digest)
+        return digest
+    except Exception as exc:
+        if not best_effort:
+            raise
+        _log.warning("could not audit %s on %s: %s", kind, judgement.name, exc)
+        return None
 
 
 class GateMiddleware:
