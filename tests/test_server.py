@@ -265,6 +265,18 @@ def test_deleting_a_version_in_a_gated_stage_is_refused(env: Env) -> None:
     assert env.version(name, v).current_stage == "Production"
 
 
+def test_a_deleted_version_with_history_still_verifies(env: Env) -> None:
+    """A direct delete of a version with a closed request is recorded, anchored and verifies."""
+    name, (v1, _) = env.model(2)
+    env.steps("alice").file(name, v1, _stage("Production"), None)
+    env.steps("alice").cancel(name, v1, "not this one", None)
+    with signed_in("alice"):
+        env.plain("alice").delete_model_version(name, v1)
+    with signed_in(ADMIN):
+        report = ApprovalClient(env.uri, env.uri).verify_audit(name)
+    assert report.ok, [(e.status, e.type, e.reason) for e in report.events]
+
+
 def test_renaming_or_deleting_a_model_with_an_open_request_is_refused(env: Env) -> None:
     """A rename would detach the open request; a delete would drop it: both refused."""
     name, (v,) = env.model()
