@@ -44,6 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from mlflow_approvals._version import __version__
+from mlflow_approvals.render import safe
 
 if TYPE_CHECKING:
     from mlflow_approvals.client import ApprovalClient
@@ -250,34 +251,60 @@ class Settings:
     def out(self, doc: Any, human: Callable[[], list[str]]) -> None:
         """Print the result: ``doc`` as one JSON document, or the lines ``human()`` returns."""
         if self.json:
-            click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+            _echo_json(doc)
         else:
             for line in human():
-                click.echo(line)
+                _echo(line)
 
     def note(self, text: str) -> None:
         """A message for the person reading: stdout in human mode, stderr under ``--json``."""
-        click.echo(text, err=self.json)
+        _echo(text, err=self.json)
+
+
+def _echo(line: str = "", err: bool = False) -> None:
+    """Write one line for a person: every human-readable line the command prints comes here
+    (click's own usage errors excepted, whose message ``_Group`` escapes before click shows it).
+
+    The line is escaped whole (:func:`~mlflow_approvals.render.safe`), so no value in it (a
+    comment, a name, an event type) can move the cursor, reorder the text or start a line of
+    its own. Callers pass one line at a time, never text whose newlines are meant as breaks.
+    """
+    click.echo(safe(line), err=err)
+
+
+def _echo_json(doc: Any) -> None:
+    """Write one JSON document on stdout, exactly as the values are: ``json.dumps`` already
+    escapes every control and non-ASCII character (``ensure_ascii``), and round-trips them."""
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def _error_lines(message: str, multiline: bool = False) -> list[str]:
+    """``error: MESSAGE`` as lines for :func:`_echo`; only a ``multiline`` message (a policy
+    file's problems, one per line) is split at its newlines."""
+    lines = message.split("\n") if multiline else [message]
+    return [f"error: {lines[0]}", *lines[1:]]
 
 
 class Failure(click.ClickException):
     """An error the command line reports in one short message, exit code 1.
 
-    Under ``--json`` stdout also gets ``{"error": {"type": ..., "message": ...}}``.
+    Under ``--json`` stdout also gets ``{"error": {"type": ..., "message": ...}}``. A newline
+    in the message is shown as ``\\n`` unless ``multiline`` (see :func:`_error_lines`).
     """
 
     exit_code = EXIT_ERROR
 
-    def __init__(self, message: str, kind: str = "Error") -> None:
+    def __init__(self, message: str, kind: str = "Error", *, multiline: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
+        self.multiline = multiline
         self.as_json = False  # set from --json by the group, on the way out
 
     def show(self, file: IO[Any] | None = None) -> None:
         if self.as_json:
-            doc = {"error": {"type": self.kind, "message": self.message}}
-            click.echo(json.dumps(doc, indent=2))
-        click.echo(f"error: {self.message}", err=True)
+            _echo_json({"error": {"type": self.kind, "message": self.message}})
+        for line in _error_lines(self.message, self.multiline):
+            _echo(line, err=True)
 
 
 def _short_cause(text: str) -> str:
@@ -336,10 +363,12 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
     if "mlflow" in sys.modules:  # no MLflow imported means no MLflow error can be raised
         from mlflow.exceptions import MlflowException
 
-        from mlflow_approvals.errors import ApprovalError
+        from mlflow_approvals.errors import ApprovalError, PolicyError
 
         if isinstance(exc, ApprovalError):
-            return Failure(exc.message, type(exc).__name__)
+            # a PolicyError lists the local policy file's problems, one per line
+            multiline = isinstance(exc, PolicyError)
+            return Failure(exc.message, type(exc).__name__, multiline=multiline)
         if isinstance(exc, MlflowException):
             message = str(exc.message)
             if message.startswith("API request to") and "failed with exception" in message:
@@ -375,8 +404,36 @@ def _quiet_mlflow(debug: bool) -> Iterator[None]:
         yield
 
 
+def _escaped(exc: click.ClickException) -> click.ClickException:
+    """Click's own error ``exc`` with its message escaped, shown by click as before (with the
+    command's usage for a usage error, exit 2; else exit 1). ``exc`` itself when there is
+    nothing to escape, or when it is the help that a bare ``mlflow-approvals`` prints."""
+    message = exc.format_message()
+    if safe(message) == message or type(exc).__name__ == "NoArgsIsHelpError":
+        return exc
+    if isinstance(exc, click.UsageError):
+        return click.UsageError(safe(message), exc.ctx)
+    return click.ClickException(safe(message))
+
+
 class _Group(click.Group):
-    """A group that turns every non-click exception of its commands into a short message."""
+    """A group that turns every non-click exception of its commands into a short message,
+    and escapes the message of click's own errors (which click prints itself, not ``_echo``)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:  # a usage error in the global options
+            escaped = _escaped(exc)
+            if escaped is exc:
+                raise
+            raise escaped from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -385,13 +442,18 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.Abort):
             raise
         except click.ClickException as exc:
-            if isinstance(exc, Failure):
-                exc.as_json = bool(ctx.params.get("as_json"))
+            if not isinstance(exc, Failure):  # a usage error of a command
+                escaped = _escaped(exc)
+                if escaped is exc:
+                    raise
+                raise escaped from exc
+            exc.as_json = bool(ctx.params.get("as_json"))
             raise
         except Exception as exc:
             settings = ctx.find_object(Settings) or Settings()
             if settings.debug:
-                traceback.print_exc(file=sys.stderr)
+                for line in traceback.format_exc().rstrip("\n").split("\n"):
+                    _echo(line, err=True)
             failure = _failure(exc, settings)
             failure.as_json = settings.json
             raise failure from exc
@@ -504,10 +566,13 @@ def _exit_for(request: ApprovalRequest) -> int:
 
 
 def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    """Aligned columns, as they will look once ``_echo`` has escaped each line."""
+    widths = [max(len(safe(row[i])) for row in rows) for i in range(len(rows[0]))]
+    # only the padding is stripped: a value's trailing CR or tab is shown, not dropped
+    padded = [
+        [c + " " * (w - len(safe(c))) for c, w in zip(row, widths, strict=True)] for row in rows
     ]
+    return ["  ".join(cells).rstrip(" ") for cells in padded]
 
 
 def _parse_duration(text: str, option: str) -> timedelta:
@@ -526,7 +591,7 @@ def _load_policy(path: str) -> Policy:
     try:
         return parse_policy(path)
     except PolicyInvalid as exc:
-        raise Failure(str(exc), "PolicyInvalid") from None
+        raise Failure(str(exc), "PolicyInvalid", multiline=True) from None
 
 
 def _finish(code: int) -> NoReturn:
@@ -969,9 +1034,11 @@ def audit_verify(settings: Settings, model: str, version: str | None) -> None:
     One line per event (valid or INVALID, with the reason), then a summary line.
     """
     report = settings.client().verify_audit(model, version)
-    settings.out(report.to_dict(), lambda: str(report).splitlines())
+    # str(report)'s lines, one list item each: splitting the text would let a newline in an
+    # event's type or path start a line of its own
+    settings.out(report.to_dict(), lambda: [*report.lines, report.summary, *report.notes])
     if not report.ok:
-        click.echo(f"error: the audit trail of {model} does not verify: {report.summary}", err=True)
+        _echo(f"error: the audit trail of {model} does not verify: {report.summary}", err=True)
         _finish(EXIT_ERROR)
 
 
@@ -1008,7 +1075,7 @@ def audit_reconcile(settings: Settings, model: str) -> None:
     Each change found is recorded in the audit trail, so the next run does not report it again.
     """
     report = settings.client().reconcile(model)
-    settings.out(report.to_dict(), lambda: str(report).splitlines())
+    settings.out(report.to_dict(), lambda: [*report.lines, report.summary])  # as in verify
     if not report.ok:
         _finish(EXIT_ERROR)
 
@@ -1030,8 +1097,9 @@ def policy_validate(settings: Settings, file: str) -> None:
         pol = parse_policy(file)
     except PolicyInvalid as exc:
         if settings.json:
-            click.echo(json.dumps({"path": file, "valid": False, "error": str(exc)}, indent=2))
-        click.echo(f"error: {exc}", err=True)
+            _echo_json({"path": file, "valid": False, "error": str(exc)})
+        for line in _error_lines(str(exc), multiline=True):  # every problem, one per line
+            _echo(line, err=True)
         _finish(EXIT_ERROR)
     doc = {
         "path": file,
@@ -1155,9 +1223,14 @@ def demo(ctx: click.Context) -> None:
     parent = ctx.parent
     source = None if parent is None else parent.get_parameter_source("tracking_uri")
     uri = settings.tracking_uri if source is click.core.ParameterSource.COMMANDLINE else None
-    code = run_demo(lambda text: click.echo(text, err=settings.json), uri)
+
+    def tell(text: str) -> None:  # the demo's own text: its newlines are line breaks
+        for line in text.split("\n"):
+            _echo(line, err=settings.json)
+
+    code = run_demo(tell, uri)
     if settings.json:
-        click.echo(json.dumps({"ok": code == 0, "exit_code": code}, indent=2))
+        _echo_json({"ok": code == 0, "exit_code": code})
     _finish(code)
 
 
