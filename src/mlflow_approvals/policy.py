@@ -31,6 +31,15 @@ naming the file, the field path and the problem, and saying what to do:
 * a rule that names no stage and no alias;
 * a rule whose requirements cannot be filled by distinct people (a person signs a request once,
   and that sign-off counts toward one requirement).
+
+The file itself is refused, with the same error, when it is larger than
+:data:`MAX_POLICY_BYTES`, not UTF-8, not valid YAML or JSON, repeats a key in one mapping or
+object, uses a YAML tag or merge key, nests deeper than :data:`MAX_POLICY_DEPTH`, or holds more
+than :data:`MAX_POLICY_VALUES` values (a YAML alias counted each time it is used). A policy
+passed as a mapping gets the same checks, bar the first two.
+
+:meth:`Policy.gate` is the one gating decision: the rule that gates a target, or what the
+default says when no rule does.
 """
 
 from __future__ import annotations
@@ -40,8 +49,10 @@ import hashlib
 import json
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -61,7 +72,11 @@ from pydantic import (
 
 __all__ = [
     "ENV_VAR",
+    "MAX_POLICY_BYTES",
+    "MAX_POLICY_DEPTH",
+    "MAX_POLICY_VALUES",
     "STAGES",
+    "Gate",
     "Policy",
     "Requirement",
     "Rule",
@@ -80,6 +95,18 @@ ENV_VAR = "MLFLOW_APPROVALS_POLICY"
 """The environment variable that holds the path of the policy file."""
 
 INLINE_SOURCE = "<inline policy>"
+
+MAX_POLICY_BYTES = 1024 * 1024
+"""The largest policy file that is read: 1 MiB. A larger file is refused unparsed."""
+
+MAX_POLICY_DEPTH = 32
+"""How deeply mappings and lists may nest, the top level being 1 (a full policy needs 6)."""
+
+MAX_POLICY_VALUES = 100_000
+"""How many values a policy may hold: every mapping, list, key and scalar, a YAML alias
+counted each time it is used."""
+
+_MAX_NUMBER = 2**63  # no number in a policy is near this; larger ones cannot even be printed
 
 _STAGE_BY_LOWER = {stage.lower(): stage for stage in STAGES}
 
@@ -270,6 +297,25 @@ class _Problems(ValueError):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What the policy decides for one target: see :meth:`Policy.gate`.
+
+    ``rule`` is the rule that gates the target (sign-off needed), or ``None``; ``denied`` is
+    true when no rule matches and the default is ``deny`` (the change is refused); ``reason``
+    says which of the three it is, in words for a person (with ``denied``, the refusal).
+    """
+
+    rule: Rule | None
+    denied: bool
+    reason: str
+
+    @property
+    def gated(self) -> bool:
+        """Whether the change cannot pass at once: it needs sign-off, or it is refused."""
+        return self.rule is not None or self.denied
+
+
 class Policy(BaseModel):
     """An approval policy: the roles, the rules in file order, and what happens with no rule."""
 
@@ -319,6 +365,30 @@ class Policy(BaseModel):
                 return rule
         return None
 
+    def gate(self, model: str, kind: Literal["stage", "alias"], value: str) -> Gate:
+        """The one gating decision for moving ``model`` to stage ``value`` or alias ``value``.
+
+        The first matching rule gates it; with no rule, :attr:`default` decides (``deny``
+        gives ``denied=True``). Raises ``ValueError`` for an unknown stage or kind.
+        """
+        rule = self.match(model, kind, value)
+        target = f"{kind} {value!r} of model '{model}'"
+        if rule is not None:
+            return Gate(rule, False, f"rule '{rule.name}' gates {target}: it needs sign-off")
+        if self.default == "deny":
+            return Gate(
+                None,
+                True,
+                f"no rule of the policy covers {target}, and the policy's default is deny: "
+                "add a rule for it to the policy",
+            )
+        return Gate(
+            None,
+            False,
+            f"no rule of the policy covers {target}, and the policy's default is allow: "
+            "the change is applied at once",
+        )
+
     def roles_of(self, actor: str) -> tuple[str, ...]:
         """The roles ``actor`` is a member of, in the order of :attr:`roles` (case-sensitive)."""
         return tuple(role for role, members in self.roles.items() if actor in members)
@@ -349,12 +419,19 @@ def parse_policy(source: str | os.PathLike[str] | Policy | Mapping[str, Any]) ->
         return source
     if isinstance(source, Mapping):
         return _validate(dict(source), INLINE_SOURCE)
+    if not isinstance(source, (str, os.PathLike)):
+        raise PolicyInvalid(
+            f"a policy is a file path, a mapping or a Policy, not {type(source).__name__}: "
+            "pass the path of a .yaml, .yml or .json policy file"
+        )
     if isinstance(source, str) and "\n" in source:
         raise PolicyInvalid(
             "load_policy takes the path of a policy file, not the policy text: write the text "
             "to a .yaml file and pass its path, or pass the parsed mapping"
         )
     path = os.fspath(source)
+    if not isinstance(path, str):
+        raise PolicyInvalid(f"the policy path {path!r} is not text: pass it as a str")
     data = _read(path)
     policy = _validate(data, path)
     policy._source = path
@@ -483,15 +560,33 @@ def _unfillable_roles(rule: Rule, roles: Mapping[str, tuple[str, ...]]) -> list[
     paths (breadth-first). When a slot cannot be matched, the roles of the slots reached from
     it need more people than hold them (Hall's condition fails for that set), and are returned
     in order of first appearance in the rule.
+
+    Each slot first takes the next free member of its role (linear in the members); only the
+    slots left over search for augmenting paths, in which a role's members are scanned once.
     """
     slots = [req.role for level in rule.levels for req in level for _ in range(req.count)]
     holder: dict[str, int] = {}  # person -> the slot they fill
-    for start in range(len(slots)):
+    cursor: dict[str, int] = {}  # role -> its first member that may be free (none before is)
+    left: list[int] = []
+    for slot, role in enumerate(slots):
+        members, at = roles[role], cursor.get(role, 0)
+        while at < len(members) and members[at] in holder:
+            at += 1
+        cursor[role] = at
+        if at < len(members):
+            holder[members[at]] = slot
+        else:
+            left.append(slot)
+    for start in left:
         parent: dict[int, tuple[int, str] | None] = {start: None}  # slot -> (prev slot, person)
-        queue = [start]
+        queue = deque([start])
+        scanned: set[str] = set()  # roles whose members this search has looked at
         free: tuple[int, str] | None = None
         while queue and free is None:
-            slot = queue.pop(0)
+            slot = queue.popleft()
+            if slots[slot] in scanned:
+                continue  # another slot of the role found every member already
+            scanned.add(slots[slot])
             for person in roles[slots[slot]]:
                 taken = holder.get(person)
                 if taken is None:
@@ -517,11 +612,66 @@ def _unfillable_roles(rule: Rule, roles: Mapping[str, tuple[str, ...]]) -> list[
 # -- reading and error messages ---------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key repeated in one mapping."""
+_YAML_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("str", "seq", "map"))
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """A safe YAML loader for policies: no repeated key, no tag, no merge key, no deep nesting.
+
+    Aliases stay shared while loading; :func:`_check_shape` counts each use afterwards.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and tag not in _YAML_TAGS:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"the tag {tag} is not allowed in a policy: remove it (quote the value if it "
+                "must be text)",
+                event.start_mark,
+            )
+        nests = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if nests and self._depth >= MAX_POLICY_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"mappings and lists nest more than {MAX_POLICY_DEPTH} deep (a policy needs 6): "
+                "flatten the file",
+                event.start_mark,
+            )
+        self._depth += nests
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= nests
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            text = str(node.value) if isinstance(node, yaml.ScalarNode) else str(node.tag)
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read {shown!r} ({exc}): quote it if it is text",
+                node.start_mark,
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
+        for key_node, _ in node.value:
+            if key_node.tag == _YAML_MERGE:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "YAML merge keys (<<) are not allowed in a policy: write the keys out",
+                    key_node.start_mark,
+                )
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -533,7 +683,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
-                    f"found duplicate key {key!r}",
+                    f"found duplicate key {key!r}: keep one",
                     key_node.start_mark,
                 )
             seen.add(key)
@@ -541,10 +691,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read(path: str) -> Any:
-    """Read and parse a policy file, turning every failure into a PolicyError."""
+    """Read and parse a policy file, turning every failure into a PolicyInvalid."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
         raise PolicyInvalid(
             f"policy file not found: {path}. Point {ENV_VAR} (or policy=) at an existing "
@@ -555,39 +705,173 @@ def _read(path: str) -> Any:
             f"policy path is a directory: {path}. Point {ENV_VAR} (or policy=) at a .yaml, "
             ".yml or .json policy file"
         ) from None
-    except UnicodeDecodeError as exc:
-        raise PolicyInvalid(f"{path}: not UTF-8 text ({exc.reason}): save it as UTF-8") from None
     except OSError as exc:
         raise PolicyInvalid(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL character in the path
+        raise PolicyInvalid(f"cannot read policy file {path!r}: {exc}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyInvalid(
+            f"{path}: the policy file is larger than {MAX_POLICY_BYTES} bytes (1 MiB), the most "
+            "that is read: a policy is far smaller; check that this is the policy file"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PolicyInvalid(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}): save it as UTF-8"
+        ) from None
 
-    if path.lower().endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyInvalid(
-                f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
-                "Fix the JSON and load the policy again"
-            ) from None
-    else:
-        try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = exc.problem or exc.context or "invalid YAML"
-            raise PolicyInvalid(
-                f"{path}: YAML syntax error{where}: {problem}. Fix the YAML and load the "
-                "policy again"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise PolicyInvalid(f"{path}: YAML error: {exc}. Fix the YAML") from None
-
+    data = _parse_json(text, path) if path.lower().endswith(".json") else _parse_yaml(text, path)
     if data is None:
         raise PolicyInvalid(
             f"{path}: the policy file is empty. Write at least `rules:` (see "
             "docs/policy.md); an empty file is refused so a gate is never opened by accident"
         )
     return data
+
+
+def _parse_json(text: str, path: str) -> Any:
+    """Parse JSON text, refusing a key repeated in one object and an absurdly long number."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                raise PolicyInvalid(
+                    f"{path}: key {_clip(key)!r} appears twice in one JSON object (keys: "
+                    f"{_clip(', '.join(dict(pairs)))}): keep one; JSON would silently use the "
+                    "last"
+                )
+            obj[key] = value
+        return obj
+
+    def number(digits: str) -> int:
+        if len(digits) > 30:
+            raise PolicyInvalid(
+                f"{path}: a number of {len(digits)} digits: no number in a policy is that long"
+            )
+        return int(digits)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_int=number)
+    except json.JSONDecodeError as exc:
+        raise PolicyInvalid(
+            f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+            "Fix the JSON and load the policy again"
+        ) from None
+    except RecursionError:
+        raise PolicyInvalid(
+            f"{path}: objects and arrays nest more than {MAX_POLICY_DEPTH} deep (a policy "
+            "needs 6): flatten the file"
+        ) from None
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    """Parse YAML text with :class:`_PolicyLoader`."""
+    try:
+        loader = _PolicyLoader(text)  # refuses a control character at once
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        syntax = isinstance(exc, (yaml.scanner.ScannerError, yaml.parser.ParserError))
+        raise PolicyInvalid(
+            f"{path}: YAML {'syntax ' if syntax else ''}error{where}: {problem}. Fix the YAML "
+            "and load the policy again"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise PolicyInvalid(f"{path}: YAML error: {exc}. Fix the YAML") from None
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """Refuse data nested too deeply, too big, cyclic, with a non-text key or unencodable text.
+
+    A value used in several places (a YAML alias) is counted each time, measured once.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id -> (values, nesting) of a container
+    open_: set[int] = set()  # the containers being measured: one met again is a cycle
+
+    def refuse(loc: Loc, problem: str) -> PolicyInvalid:
+        return PolicyInvalid(f"{where}: {_clip(_format_loc(loc))}: {problem}")
+
+    def check_text(text: str, loc: Loc) -> None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise refuse(
+                loc,
+                "the text is not valid Unicode (it holds a lone surrogate, e.g. from a "
+                "\\ud800 escape): fix the text",
+            ) from None
+
+    def measure(value: Any, loc: Loc, depth: int) -> tuple[int, int]:
+        if isinstance(value, str):
+            check_text(value, loc)
+            return 1, 0
+        if isinstance(value, int) and not -_MAX_NUMBER < value < _MAX_NUMBER:
+            raise refuse(loc, "the number is too large: no number in a policy is near 2**63")
+        if isinstance(value, Mapping):
+            items: list[tuple[Any, Any]] = list(value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = list(enumerate(value))
+        else:
+            return 1, 0
+        known = measured.get(id(value))
+        if known is None:
+            if id(value) in open_:
+                raise refuse(
+                    loc,
+                    "the value contains itself (e.g. through a YAML alias): write the value out",
+                )
+            if depth >= MAX_POLICY_DEPTH:
+                raise refuse(
+                    loc,
+                    f"mappings and lists nest more than {MAX_POLICY_DEPTH} deep (a policy "
+                    "needs 6): flatten it",
+                )
+            open_.add(id(value))
+            count, nesting = 1, 0
+            for key, item in items:
+                if isinstance(value, Mapping):
+                    if not isinstance(key, str):
+                        raise refuse(
+                            loc,
+                            f"the key {_clip(repr(key))} is {type(key).__name__}, not text: "
+                            "write it as text (in YAML, quote it)",
+                        )
+                    check_text(key, (*loc, key))
+                    count += 1
+                item_count, item_nesting = measure(item, (*loc, key), depth + 1)
+                count += item_count
+                nesting = max(nesting, item_nesting)
+                if count > MAX_POLICY_VALUES:
+                    break
+            open_.discard(id(value))
+            known = (count, nesting + 1)
+            measured[id(value)] = known
+        if depth + known[1] > MAX_POLICY_DEPTH:
+            raise refuse(
+                loc,
+                f"mappings and lists nest more than {MAX_POLICY_DEPTH} deep (a policy needs 6, "
+                "YAML aliases count where they are used): flatten it",
+            )
+        if known[0] > MAX_POLICY_VALUES:
+            raise PolicyInvalid(
+                f"{where}: the policy holds more than {MAX_POLICY_VALUES} values (each YAML "
+                "alias counted where it is used): a policy needs far fewer; check the file"
+            )
+        return known
+
+    measure(data, (), 0)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text``, cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _validate(data: Any, where: str) -> Policy:
@@ -597,6 +881,7 @@ def _validate(data: Any, where: str) -> Policy:
             f"{where}: the top level must be a mapping with the keys roles, admins, rules, "
             f"default; found {type(data).__name__}"
         )
+    _check_shape(data, where)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
@@ -609,13 +894,17 @@ def _validate(data: Any, where: str) -> Policy:
             for line in _explain(error)
         ]
         count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
-        body = "\n".join(f"  {line}" for line in problems)
+        body = "\n".join(f"  {_clip(line, 500)}" for line in problems[:_MAX_LISTED])
+        if len(problems) > _MAX_LISTED:
+            body += f"\n  ... and {len(problems) - _MAX_LISTED} more"
         raise PolicyInvalid(
             f"invalid approval policy in {where} ({count}):\n{body}\n"
             "Fix each field listed above and load the policy again (docs/policy.md describes "
             "every field)."
         ) from None
 
+
+_MAX_LISTED = 50  # problems listed in one error; the count says how many there are
 
 _ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
     "policy": tuple(Policy.model_fields),
@@ -667,7 +956,7 @@ def _explain(error: Mapping[str, Any]) -> list[str]:
             f"count must be 1 or more, got {error['input']!r}: it is how many distinct "
             "members of the role must sign"
         )
-    elif kind == "string_type" and isinstance(error["input"], (bool, int, float)):
+    elif kind == "string_type" and isinstance(error["input"], (bool, int, float, date)):
         message = (
             f"expected text, got {type(error['input']).__name__} {error['input']!r}: "
             "quote the value in YAML (e.g. 'no', '123')"

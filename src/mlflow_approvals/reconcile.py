@@ -46,7 +46,7 @@ class Change:
     expected: Any
     actual: Any
     event: str | None = None  # hash of the change.detected event that records it
-    # False for a stage or alias the policy does not gate: recorded, but no approval was needed
+    # False for a stage or alias the policy lets through at once (no rule, default allow)
     gated: bool = True
 
     def __str__(self) -> str:
@@ -322,12 +322,14 @@ def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) 
 
 
 def _is_gated(ports: Ports, name: str, change: Change) -> bool:
-    """Would the policy have asked for an approval of this change? Tags and deletions: always."""
-    policy = ports.policy
+    """Could this change not pass at once (a rule gates it, or the default is deny)?
+
+    Tags and deletions: always. The decision is :meth:`Policy.gate`, as for a request.
+    """
     if change.what == "stage":
-        return policy.match(name, "stage", str(change.actual)) is not None
+        return ports.policy.gate(name, "stage", str(change.actual)).gated
     if change.what == "alias":
-        return policy.match(name, "alias", str(change.key)) is not None
+        return ports.policy.gate(name, "alias", str(change.key)).gated
     return True
 
 
