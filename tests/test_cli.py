@@ -43,7 +43,7 @@ REQUEST_KEYS = {
     "id", "name", "version", "target", "status", "requester", "requester_display_name",
     "created_at", "expires_at",
     "comment", "rule", "levels", "open_level", "missing", "signoffs", "cancelled", "applied",
-    "break_glass", "review_by", "overdue", "emergency",
+    "break_glass", "review_by", "overdue", "emergency", "superseded",
 }  # fmt: skip
 SIGNOFF_KEYS = {"actor", "display_name", "decision", "role", "level", "meaning", "comment", "time"}
 

@@ -5,7 +5,7 @@ prints the result for a terminal or as one JSON document (``--json``), and maps 
 an exit code a pipeline can branch on (see ``docs/cli.md``)::
 
     0  success (``wait``: applied)         3  still pending
-    1  error                               4  rejected, cancelled or expired
+    1  error                               4  rejected, cancelled, expired or superseded
     2  usage error
 
 Start-up time matters here: importing MLflow takes seconds, so nothing from MLflow (nor the
@@ -86,8 +86,17 @@ APPROVAL_ERRORS = frozenset(
         "RequestNotFound",
     }
 )
-_ENDED = ("rejected", "cancelled", "expired")
-_STATUS_CHOICES = ("pending", "approved", "applied", "rejected", "cancelled", "expired", "all")
+_ENDED = ("rejected", "cancelled", "expired", "superseded")
+_STATUS_CHOICES = (
+    "pending",
+    "approved",
+    "applied",
+    "rejected",
+    "cancelled",
+    "expired",
+    "superseded",
+    "all",
+)
 
 _EXIT_CODES_HELP = """\b
 Exit codes:
@@ -95,7 +104,7 @@ Exit codes:
   1  error: the message on stderr says what to do (--debug shows the traceback)
   2  usage error: a missing or invalid argument
   3  still pending (request, status; wait when --timeout passes)
-  4  rejected, cancelled or expired (status, wait)
+  4  rejected, cancelled, expired or superseded (status, wait)
 
 \b
 Environment: MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_USERNAME
@@ -501,7 +510,11 @@ def _status_line(request: ApprovalRequest) -> str:
         return f"cancelled by {request.cancelled.actor} at {_ts(request.cancelled.time)}{reason}"
     if status == "expired":
         deadline = request.expired.time if request.expired else request.expires_at
+        if request.fully_signed:
+            return f"expired at {_ts(deadline)}: approved, but not applied before its deadline"
         return f"expired at {_ts(deadline)} without complete sign-off"
+    if status == "superseded" and request.superseded is not None:
+        return f"superseded at {_ts(request.superseded.time)}: {request.superseded.comment}"
     return status
 
 
@@ -556,7 +569,7 @@ def _applied_at_once(request: ApprovalRequest) -> bool:
 
 
 def _exit_for(request: ApprovalRequest) -> int:
-    """``status``'s exit code: 0 applied, 3 pending or approved, 4 rejected/cancelled/expired."""
+    """``status``'s exit code: 0 applied, 3 pending or approved, 4 ended otherwise."""
     status = request.status.value
     if status == "applied":
         return EXIT_OK
@@ -871,7 +884,7 @@ def status(settings: Settings, model: str, version: str, request_id: str | None)
     """Show the request on MODEL VERSION level by level: who signed, what is missing.
 
     Without --request: the open request, else the newest. Exits 0 when applied, 3 when still
-    pending (or approved but not applied), 4 when rejected, cancelled or expired.
+    pending (or approved but not applied), 4 when rejected, cancelled, expired or superseded.
     """
     req = _get(settings, model, version, request_id)
     settings.out(req.to_dict(), lambda: _request_view(req))
@@ -977,10 +990,10 @@ def wait(
     timeout: str,
     interval: str,
 ) -> None:
-    """Block until the request on MODEL VERSION is applied, rejected, cancelled or expired.
+    """Block until the request on MODEL VERSION is applied or ends (rejected, cancelled, ...).
 
     Prints a progress line whenever something changes (which level is open, who signed, what is
-    missing). Exits 0 when applied, 4 when rejected, cancelled or expired, 3 on timeout.
+    missing). Exits 0 when applied, 4 when it ended otherwise, 3 on timeout.
     """
     limit = _parse_duration(timeout, "--timeout").total_seconds()
     every = _parse_duration(interval, "--interval").total_seconds()
@@ -1160,7 +1173,8 @@ def policy_explain(settings: Settings, model: str, stage: str | None, alias: str
     else:
         assert alias is not None
         kind, value = "alias", alias
-    rule = pol.match(model, "stage" if kind == "stage" else "alias", value)
+    gate = pol.gate(model, "stage" if kind == "stage" else "alias", value)
+    rule = gate.rule
     what = f"{model} -> {kind} {value}"
     doc: dict[str, Any] = {
         "model": model,
@@ -1168,16 +1182,16 @@ def policy_explain(settings: Settings, model: str, stage: str | None, alias: str
         "policy": settings.policy,
         "policy_hash": pol.content_hash,
         "rule": None if rule is None else rule.name,
-        "outcome": "sign-off" if rule is not None else pol.default,
+        "outcome": "sign-off" if rule is not None else ("deny" if gate.denied else "allow"),
         "levels": [],
         "expires_after": None,
         "separation_of_duties": None,
     }
     if rule is None:
         verdict = (
-            "applied at once (the policy's default is allow)"
-            if pol.default == "allow"
-            else "refused (the policy's default is deny): add a rule for it"
+            "refused (the policy's default is deny): add a rule for it"
+            if gate.denied
+            else "applied at once (the policy's default is allow)"
         )
         settings.out(doc, lambda: [f"{what}: no rule matches; {verdict}"])
         return

@@ -235,13 +235,10 @@ class Engine:
     # ------------------------------------------------------------------ gating ------------
     def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
         """The rule gating this target; None when ungated. Raises NotAuthorized under deny."""
-        rule = self.policy.match(name, kind, value)  # type: ignore[arg-type]
-        if rule is None and self.policy.default == "deny":
-            raise NotAuthorized(
-                f"no rule of the policy covers {kind} {value!r} of model '{name}', and the "
-                "policy's default is deny: add a rule for it to the policy"
-            )
-        return rule
+        gate = self.policy.gate(name, kind, value)  # type: ignore[arg-type]
+        if gate.denied:
+            raise NotAuthorized(gate.reason)
+        return gate.rule
 
     # ------------------------------------------------------------------ steps -------------
     def file(
