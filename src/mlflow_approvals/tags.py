@@ -55,9 +55,21 @@ def is_reserved(key: str) -> bool:
 
 
 def actor_key(actor: str) -> str:
-    """A tag-key-safe, collision-free key part for an actor name."""
-    readable = _KEY_UNSAFE.sub("_", actor)[:60]
-    return f"{readable}-{hashlib.sha256(actor.encode()).hexdigest()[:8]}"
+    """A tag-key-safe key part for an actor name: readable, and distinct for distinct names.
+
+    The readable part replaces what MLflow does not allow in a key, so ``a.b@x`` and ``a_b@x``
+    read alike; 128 bits of SHA-256 of the exact name keep them apart, even for names chosen
+    to collide (the 32 bits written at first could be matched in seconds).
+    """
+    return f"{_KEY_UNSAFE.sub('_', actor)[:60]}-{hashlib.sha256(actor.encode()).hexdigest()[:32]}"
+
+
+def _is_actor_key(part: str, actor: str) -> bool:
+    """True when ``part`` is ``actor``'s key part, as written now or by earlier releases."""
+    if part == actor_key(actor):
+        return True
+    digest = hashlib.sha256(actor.encode()).hexdigest()[:8]  # the earlier, 32-bit form
+    return part == f"{_KEY_UNSAFE.sub('_', actor)[:60]}-{digest}"
 
 
 def request_key(rid: str) -> str:
@@ -372,7 +384,7 @@ class VersionFacts:
                     raise MalformedFact(f"value is a {type(value).__name__}, not text")
                 if m.group(2):
                     signoff = decode_signoff(value)
-                    if actor_key(signoff.actor) != m.group(3):
+                    if not _is_actor_key(m.group(3), signoff.actor):
                         raise MalformedFact("sign-off filed under another person's key")
                     self.signoffs.setdefault(rid, []).append(signoff)
                 elif m.group(4):
