@@ -220,13 +220,23 @@ class AuditStore:
             return runs
 
     def _find_runs(self, exp_id: str, name: str) -> list[str]:
-        quoted = name.replace("'", "\\'")
-        found = self._client.search_runs(
-            [exp_id],
-            filter_string=f"tags.`{MODEL_TAG}` = '{quoted}'",
-            order_by=["attributes.start_time ASC"],
-            max_results=100,
-        )
+        """The audit runs whose model tag is exactly ``name`` (the filter may select more)."""
+        from mlflow_approvals.ports import search_filter, tag_field
+
+        found: list[Any] = []
+        token = None
+        while True:
+            page = self._client.search_runs(
+                [exp_id],
+                filter_string=search_filter({tag_field(MODEL_TAG): name}),
+                order_by=["attributes.start_time ASC"],
+                max_results=1000,
+                page_token=token,
+            )
+            found += [r for r in page if r.data.tags.get(MODEL_TAG) == name]
+            token = page.token
+            if not token:
+                break
         ordered = sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
         return [r.info.run_id for r in ordered]
 

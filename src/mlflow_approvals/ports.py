@@ -11,10 +11,15 @@ the engine normalises with ``str()`` everywhere else.
 :class:`Ports` bundles what the readers (``verify``, ``export``, ``reconcile``) need: the
 registry, the audit sink and the policy. The engine is one; so is anything else that carries
 those three attributes.
+
+Names are data. Every search filter the package sends is built here, by :func:`search_filter`,
+and every search re-checks its results in Python, so that any name MLflow accepts selects
+exactly itself: see :func:`literal` for what MLflow's filter grammar can and cannot spell.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -25,12 +30,91 @@ if TYPE_CHECKING:
     from mlflow_approvals.audit import AuditStore
     from mlflow_approvals.policy import Policy
 
-__all__ = ["Ports", "Registry"]
+__all__ = ["Ports", "Registry", "clause", "like_superset", "literal", "search_filter", "tag_field"]
+
+
+# Characters a LIKE superset pattern replaces by the one-character wildcard `_`: the quotes and
+# the backslash (which the filter grammar cannot carry, and which PostgreSQL and MySQL read as
+# LIKE's escape character), and the brackets (a character class in SQL Server's LIKE).
+_LIKE_UNSAFE = frozenset("'\"\\[]")
+
+
+def literal(value: str) -> str | None:
+    """``value`` as a string literal MLflow's filter parser reads back as exactly ``value``.
+
+    None when the grammar cannot spell it. MLflow (``mlflow.utils.search_utils``) tokenizes a
+    filter with sqlparse, whose string tokens are ``'(''|\\'|[^'])*'`` and
+    ``"(""|\\"|[^"])*"``, and then only cuts the first and last character off the token: nothing
+    is unescaped. So ``'a\\'b'`` means the four characters ``a\\'b``, not ``a'b``; a value with
+    a ``'`` can be spelled only in double quotes, one with both quotes not at all; and a value
+    ending in a backslash turns its closing quote into ``\\'`` and swallows the rest of the
+    filter. Every other value (``%``, ``_``, backticks, newlines, any unicode) is exact as is,
+    provided the literal is followed by a space or the end of the filter (:func:`search_filter`
+    joins clauses with ``" AND "``).
+    """
+    if value.endswith("\\"):
+        return None
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def like_superset(value: str) -> str:
+    """A single-quoted LIKE pattern that ``value`` matches (and some other values may too).
+
+    The characters no literal can carry, and those some databases' LIKE reads specially, become
+    the wildcard ``_``; ``%`` and ``_`` in ``value`` stay (as wildcards they only widen the
+    match). SQLite's LIKE also ignores ASCII case: one more reason to re-check in Python.
+    """
+    return "'{}'".format("".join("_" if c in _LIKE_UNSAFE else c for c in value))
+
+
+def tag_field(key: str) -> str:
+    """The filter field of tag ``key`` (MLflow's tag keys hold no backtick; one is refused)."""
+    if "`" in key:
+        raise ValueError(f"a tag key with a backtick cannot be searched: {key!r}")
+    return f"tags.`{key}`"
+
+
+def clause(field: str, value: str | None) -> str:
+    """One filter clause selecting ``field`` equal to ``value`` (None: a tag that is present).
+
+    Exact when :func:`literal` can spell ``value``; otherwise a ``LIKE`` clause selecting a
+    superset, so callers must compare the results with ``value`` in Python.
+    """
+    if value is None:
+        return f"{field} LIKE '%'"
+    spelled = literal(value)
+    if spelled is not None:
+        return f"{field} = {spelled}"
+    return f"{field} LIKE {like_superset(value)}"
+
+
+def search_filter(conditions: Mapping[str, str | None]) -> str:
+    """The filter string selecting (a superset of) what every ``field: value`` condition names.
+
+    Fields are ``"name"`` or :func:`tag_field` keys; see :func:`clause` for the values.
+    """
+    return " AND ".join(clause(field, value) for field, value in conditions.items())
 
 
 def quote(name: str) -> str:
-    """``name`` as a single-quoted literal of MLflow's search filter grammar."""
-    return "'{}'".format(name.replace("'", "\\'"))
+    """``name`` as an exact literal of MLflow's filter grammar.
+
+    Prefer :meth:`Registry.search_versions`, which finds any name. Raises ``InvalidRequest``
+    for a name no literal spells (see :func:`literal`).
+    """
+    spelled = literal(name)
+    if spelled is None:
+        from mlflow_approvals.errors import InvalidRequest
+
+        raise InvalidRequest(
+            f"the model name {name!r} cannot be written as an MLflow filter literal: "
+            "search with Registry.search_versions, which re-checks the names it finds"
+        )
+    return spelled
 
 
 class Registry:
@@ -92,10 +176,33 @@ class Registry:
             if not token:
                 return found
 
+    def search_versions(
+        self, name: str | None = None, tags: Mapping[str, str | None] | None = None
+    ) -> list[ModelVersion]:
+        """Every version of model ``name`` (None: any model) whose tags match ``tags``, all pages.
+
+        A tag value selects that exact value; None selects versions carrying the tag at all. The
+        server-side filter may select a superset (see :func:`clause`); the results are checked
+        here against ``name`` and ``tags``, so only exact matches come back.
+        """
+        wanted = dict(tags or {})
+        conditions: dict[str, str | None] = {} if name is None else {"name": name}
+        conditions.update({tag_field(key): value for key, value in wanted.items()})
+
+        def matches(mv: ModelVersion) -> bool:
+            if name is not None and mv.name != name:
+                return False
+            have = mv.tags or {}
+            return all(
+                key in have if value is None else have.get(key) == value
+                for key, value in wanted.items()
+            )
+
+        return [mv for mv in self.search_all(search_filter(conditions)) if matches(mv)]
+
     def versions_of(self, name: str) -> list[ModelVersion]:
-        """Every version of model ``name``, with tags and stage, in version order."""
-        found = self.search_all(f"name = {quote(name)}")
-        return sorted(found, key=lambda mv: int(mv.version))
+        """Every version of model ``name`` (exactly that name), with tags and stage, in order."""
+        return sorted(self.search_versions(name), key=lambda mv: int(mv.version))
 
 
 class Ports(Protocol):
