@@ -49,7 +49,7 @@ from mlflow_approvals.lifecycle import (
     utcnow,
 )
 from mlflow_approvals.policy import Policy, Rule, canonical_stage
-from mlflow_approvals.ports import Registry, quote
+from mlflow_approvals.ports import Registry
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -589,13 +589,10 @@ class Engine:
 
         One server-side tag query (paged), whose results carry the tags: no per-version reads.
         """
-        index_value = "= 'pending'" if status in (Status.PENDING, Status.APPROVED) else "LIKE '%'"
-        clauses = [f"tags.`{T.INDEX_KEY}` {index_value}"]
-        if name is not None:
-            clauses.insert(0, f"name = {quote(name)}")
+        index = "pending" if status in (Status.PENDING, Status.APPROVED) else None
         now = self.clock()
         found: list[ApprovalRequest] = []
-        for mv in self.registry.search_all(" AND ".join(clauses)):
+        for mv in self.registry.search_versions(name, {T.INDEX_KEY: index}):
             facts = T.VersionFacts(mv.name, str(mv.version), mv.tags or {})
             found += [r for r in facts.all_requests(now) if status in (None, r.status)]
         return sorted(found, key=lambda r: (r.created_at, r.id))
