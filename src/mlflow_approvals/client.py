@@ -228,9 +228,7 @@ class ApprovalClient(MlflowClient):
         """As MlflowClient's, but tags under the reserved prefix are refused: approval state
         is written by the lifecycle only, never carried in by a new version."""
         self._refuse_reserved_tags(tags, "version")
-        return super().create_model_version(
-            name, source, run_id, tags, *args, **kwargs
-        )
+        return super().create_model_version(name, source, run_id, tags, *args, **kwargs)
 
     def copy_model_version(self, src_model_uri: str, dst_name: str) -> ModelVersion:
         """As MlflowClient's, but the copy carries no approval state: MLflow copies every tag of
