@@ -126,15 +126,43 @@ def test_second_applier_anchors_the_archive_events_it_wrote():
     assert "through the duplicate delivery" in line.reason
 
 
-def test_events_of_a_deleted_version_are_valid_but_marked():
-    """Deleting a version deletes its anchor tags: its events are checked and marked, not failed."""
+def _deletion(parents: list[str], version: str | None = "1") -> dict[str, Any]:
+    """The event recording a deletion (what the client writes before it anchors and deletes)."""
+    return _event(
+        "registry.changed",
+        parents,
+        version=version,
+        actor="alice",
+        request_id=None,
+        before={"version": version, "exists": True},
+        after={"version": version, "exists": False},
+        extra={"change": "delete_version" if version else "delete_model"},
+    )
+
+
+def test_events_of_a_deleted_version_verify_when_its_deletion_is_recorded():
+    """A version deleted with a recorded, anchored deletion: its events stay anchored through it."""
+    events, _ = _chain()
+    gone = _deletion([event_hash(e) for e in events])  # the heads its fact tags held
+    files = [_file(e) for e in [*events, gone]]
+    report = verify_events(files, {}, live_versions=["2"], deletions={"1": {event_hash(gone)}})
+    assert report.ok, report
+    assert report.summary == "4/4 events valid"
+    assert any("no longer exist; their recorded deletion" in note for note in report.notes)
+
+
+def test_events_of_a_version_deleted_without_a_record_are_orphaned():
+    """A version gone with no recorded deletion: every event of it is INVALID, orphaned."""
     events, _ = _chain()
     files = [_file(e) for e in events]
-    assert not verify_events(files, {}, live_versions=["1"]).ok
+    assert verify_events(files, {}).ok is False  # nothing anchors them, whatever exists
     report = verify_events(files, {}, live_versions=["2"])
-    assert report.ok
-    assert all("was deleted" in x.reason for x in report.events)
-    assert any("no longer exist" in note for note in report.notes)
+    assert report.counts == {"orphaned": 3}
+    assert all(
+        "version 1 does not exist and its deletion was never recorded" in x.reason
+        for x in report.events
+    )
+    assert any("no valid record of their deletion" in note for note in report.notes)
 
 
 def test_non_canonical_file_is_invalid():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -132,6 +133,16 @@ def event_path(event: Mapping[str, Any], digest: str) -> str:
     folder = f"v{version}" if version is not None else "model"
     stamp = event["time"].replace("-", "").replace(":", "").replace(".", "")
     return f"events/{folder}/{stamp}-{digest}.json"
+
+
+# The audit-run tags that anchor a recorded deletion (see AuditStore.anchor_deletion).
+DELETED_TAG_PREFIX = "mlflow_approvals.deleted."
+DELETED_MODEL_TAG = DELETED_TAG_PREFIX + "model"
+
+
+def deletion_tag(version: str | None) -> str:
+    """The audit-run tag anchoring the recorded deletion of ``version`` (None: the model)."""
+    return DELETED_MODEL_TAG if version is None else f"{DELETED_TAG_PREFIX}v{version}"
 
 
 class AuditStore:
@@ -270,6 +281,30 @@ class AuditStore:
             raise _unavailable(name, exc) from exc
         return digest
 
+    def anchor_deletion(self, name: str, version: str | None, digest: str) -> None:
+        """Anchor the recorded deletion of ``version`` of model ``name`` (None: the model).
+
+        ``digest`` is the hash of the audit event that recorded the deletion, already written
+        (its ``data.parents`` name the version's head hashes, so the deleted version's events
+        stay anchored as its ancestors). It goes to a tag of the model's audit run,
+        :func:`deletion_tag` (``mlflow_approvals.deleted.v<version>`` or
+        ``mlflow_approvals.deleted.model``): run tags outlive the version, the model and a
+        rename. Call it after the event is stored and before the registry deletes anything.
+        Raises ``AuditUnavailable`` when the tag cannot be written: the deletion must then not
+        happen.
+        """
+        if version is not None and not str(version).isdigit():
+            raise ValueError(f"not a model version number: {version!r}")
+        if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
+            raise ValueError(f"not the SHA-256 hash of an audit event: {digest!r}")
+        key = deletion_tag(None if version is None else str(version))
+        try:
+            self._client.set_tag(self.writer_run(name), key, digest)
+        except Exception as exc:
+            if type(exc).__name__ == "AuditUnavailable":
+                raise
+            raise _unavailable(name, exc) from exc
+
     # -- reading ---------------------------------------------------------------------------
     def read(self, name: str, dest: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
         """Every event file of model ``name`` as (artifact path, bytes) pairs.
@@ -293,6 +328,24 @@ class AuditStore:
                 out.append((rel, path.read_bytes()))
         return out
 
+    def deletion_anchors(self, name: str) -> dict[str | None, set[str]]:
+        """The recorded deletions of model ``name``: version (None: the model) -> event hashes.
+
+        Read from the tags :meth:`anchor_deletion` wrote on the model's audit runs (one
+        ``get_run`` each; normally there is one run). When two runs carry one key, every value
+        is kept. Empty when the model has no audit run.
+        """
+        found: dict[str | None, set[str]] = {}
+        for run_id in self.run_ids(name, create=False):
+            tags = self._client.get_run(run_id).data.tags or {}
+            for key, value in tags.items():
+                if key == DELETED_MODEL_TAG:
+                    found.setdefault(None, set()).add(str(value))
+                elif key.startswith(DELETED_TAG_PREFIX + "v"):
+                    version = key[len(DELETED_TAG_PREFIX) + 1 :]
+                    found.setdefault(version, set()).add(str(value))
+        return found
+
     def _local_artifacts(self, run_id: str) -> Path | None:
         """The run's ``events`` folder when its artifacts live on a local path, else None."""
         from urllib.parse import unquote, urlparse
@@ -304,6 +357,9 @@ class AuditStore:
         if parsed.scheme == "" and os.path.isabs(uri):
             return Path(uri) / "events"
         return None
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _unavailable(name: str, exc: Exception) -> Exception:

@@ -2,7 +2,8 @@
 
 The readers (:mod:`mlflow_approvals.verify`, :mod:`mlflow_approvals.export`,
 :mod:`mlflow_approvals.reconcile`) share this one way of reading: the versions' fact tags (the
-anchors) and the event files, read so that live writers do not show up as tampering.
+anchors), the event files and the recorded deletions (tags of the audit run), read so that live
+writers do not show up as tampering.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlflow_approvals import tags as T
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
     from mlflow_approvals.ports import Ports
 
-__all__ = ["collect_anchors", "read_log", "require_model"]
+__all__ = ["AuditLog", "collect_anchors", "read_log", "require_model"]
 
 
 def collect_anchors(name: str, versions: Iterable[ModelVersion]) -> dict[str, set[str]]:
@@ -36,44 +38,61 @@ def collect_anchors(name: str, versions: Iterable[ModelVersion]) -> dict[str, se
 
     for mv in versions:
         v = str(mv.version)
-        facts = T.VersionFacts(name, v, mv.tags or {})
-        for rid, record in facts.requests.items():
-            add(record.event, v, T.request_key(rid))
-            for s in facts.signoffs.get(rid, ()):
-                add(s.event, v, T.signoff_key(rid, s.actor))
-            for key, ending in (
-                (T.cancel_key(rid), facts.cancelled.get(rid)),
-                (T.applied_key(rid), facts.applied.get(rid)),
-                (T.expired_key(rid), facts.expired.get(rid)),
-                (T.breakglass_key(rid), facts.emergency.get(rid)),
-            ):
-                add(ending.event if ending else None, v, key)
+        for key, h in T.VersionFacts(name, v, mv.tags or {}).anchored():
+            add(h, v, key)
     return anchors
 
 
-def read_log(
-    ports: Ports, name: str
-) -> tuple[list[tuple[str, bytes]], dict[str, set[str]], list[ModelVersion]]:
-    """The log's files, the anchors, and the versions, read so that live writers do not show
-    up as tampering.
+@dataclass(frozen=True)
+class AuditLog:
+    """What :func:`read_log` read: the event files and everything that anchors them."""
+
+    files: list[tuple[str, bytes]]
+    """Every event file, as (artifact path, bytes) pairs."""
+    anchors: dict[str, set[str]]
+    """hash -> {"v<version>:<fact key>"}: the hashes the versions' fact tags hold."""
+    versions: list[ModelVersion]
+    """The model's versions as read last (the registry now)."""
+    live_versions: frozenset[str]
+    """The versions that existed while the log was read (in either read of the tags)."""
+    deletions: dict[str | None, set[str]]
+    """version (None: the model) -> the hashes of the events recording its deletion, from the
+    audit run's ``mlflow_approvals.deleted.*`` tags."""
+
+
+def read_log(ports: Ports, name: str) -> AuditLog:
+    """The log's files, the anchors, the versions and the recorded deletions, read so that
+    live writers do not show up as tampering.
 
     Every step writes its event before its fact, so the tags are read first: each anchor seen
     then already has its event in the log read next. The tags are read again afterwards, and
     the new anchors whose events were downloaded are added, so steps that finished meanwhile
-    are not reported as unanchored.
+    are not reported as unanchored. A deletion writes its event, then its anchor (a tag of the
+    audit run), then deletes: the deletion anchors are read last, so a version found deleted
+    has its anchor read. A version that existed at the first read may have been deleted after
+    the files were read; its anchor is then dropped when its event was not among them, and the
+    version counts as live (its own fact tags, read first, anchor its events).
     """
-    versions = ports.registry.versions_of(name)
-    anchors = collect_anchors(name, versions)
+    first = ports.registry.versions_of(name)
+    anchors = collect_anchors(name, first)
     with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
         files = ports.audit.read(name, tmp)
-    if not versions and not files:
+    if not first and not files:
         require_model(ports, name)
     present = {hashlib.sha256(raw).hexdigest() for _, raw in files}
     later = ports.registry.versions_of(name)
     for h, where in collect_anchors(name, later).items():
         if h in present or h in anchors:
             anchors.setdefault(h, set()).update(where)
-    return files, anchors, later
+    before = {str(mv.version) for mv in first}
+    deletions: dict[str | None, set[str]] = {}
+    for version, digests in ports.audit.deletion_anchors(name).items():
+        existed = bool(before) if version is None else version in before
+        kept = {d for d in digests if d in present or not existed}
+        if kept:
+            deletions[version] = kept
+    live = frozenset(before | {str(mv.version) for mv in later})
+    return AuditLog(files, anchors, later, live, deletions)
 
 
 def require_model(ports: Ports, name: str) -> None:

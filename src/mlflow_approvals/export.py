@@ -72,14 +72,17 @@ def export_events(
     out: IO[str],
     format: str = "jsonl",
     live_versions: Collection[str] | None = None,
+    deletions: Mapping[str | None, Collection[str]] | None = None,
 ) -> int:
     """Write the trail to ``out``, ordered, one event per line; return how many were written.
 
     Every event that parses is written, the suspicious ones too (dropping evidence would be
     worse); in ``jsonl`` each record says whether it verified. Run verify for the details.
+    ``live_versions`` and ``deletions`` are those of
+    :func:`~mlflow_approvals.verify.verify_events`.
     """
     _check_format(format)
-    report = verify_events(files, anchors, live_versions=live_versions)
+    report = verify_events(files, anchors, live_versions=live_versions, deletions=deletions)
     count = 0
     for event, line in ordered_events(files, report):
         if format == "cloudevents":
@@ -95,12 +98,11 @@ def export_model(
 ) -> int:
     """Write the whole audit trail of ``name`` to ``path`` (JSON Lines); return the count."""
     _check_format(format)
-    files, anchors, versions = read_log(ports, name)
-    live = [str(mv.version) for mv in versions]
+    log = read_log(ports, name)
     target = Path(path)
     tmp = target.with_name(target.name + ".partial")
     with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-        count = export_events(files, anchors, out, format, live)
+        count = export_events(log.files, log.anchors, out, format, log.live_versions, log.deletions)
     os.replace(tmp, target)
     return count
 

@@ -254,11 +254,16 @@ def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
     is written as a ``change.detected`` event (before: what the log says; after: what the
     registry has), which becomes the expected state, so it is reported once.
     """
-    files, anchors, versions = read_log(ports, name)
+    log = read_log(ports, name)
+    files, anchors, versions = log.files, log.anchors, log.versions
     by_version = {str(mv.version): mv for mv in versions}
-    report = verify_events(files, anchors, live_versions=list(by_version))
+    report = verify_events(files, anchors, live_versions=log.live_versions, deletions=log.deletions)
+    # The events of a version deleted without a recorded deletion ("orphaned", and nothing
+    # else wrong) are replayed too, so that deletion is reported (and recorded once).
     ordered = [
-        (line.hash, event) for event, line in ordered_events(files, report) if line.status == VALID
+        (line.hash, event)
+        for event, line in ordered_events(files, report)
+        if line.status == VALID or line.problem == "orphaned"
     ]
     state = replay(ordered)
     named = {p for _, event in ordered for p in event["data"].get("parents", [])}

@@ -14,7 +14,14 @@ writer saw, and every fact tag of a model version holds the hash of the event th
   event, and also an event whose change was never recorded);
 * refused attempts and the records of ``reconcile`` change no tag, so nothing anchors them:
   they are valid but marked ``(unanchored)``; two files carrying the same CloudEvents id are
-  two deliveries of one event, counted once.
+  two deliveries of one event, counted once;
+* an event of a version that no longer exists (or never did) is valid only when that version's
+  deletion, or the model's, was recorded and anchored: a tag of the audit run
+  (``mlflow_approvals.deleted.v<version>`` / ``.model``) holds the hash of an intact event of
+  that version (or of the model) recording the deletion. Otherwise it is ``orphaned``: a
+  version deleted around the gate, or events planted for a version that never existed. With
+  the deletion recorded, the usual rules apply (its events are anchored as ancestors of the
+  deletion event, or are of a type that changes no tag).
 
 :func:`verify_events` is the pure core (bytes and hashes in, a report out); :func:`verify_model`
 reads the registry and the log through the ports (:mod:`mlflow_approvals.auditlog`) and writes
@@ -66,6 +73,7 @@ PROBLEMS = (
     "missing",
     "broken link",
     "not anchored",
+    "orphaned",  # last: a line whose problem is "orphaned" has no other (reconcile relies on it)
 )
 # Event types that change no tag, so nothing can anchor them.
 UNANCHORED_TYPES = frozenset(
@@ -197,6 +205,22 @@ def _version_order(version: str | None) -> tuple[int, int, str]:
 
 
 # ---------------------------------------------------------------------------- the core ---
+_DELETION_OF = "deletion of "
+
+
+def _deletion_where(version: str | None) -> str:
+    """Where a deletion anchor is held, as a report line names it."""
+    return _DELETION_OF + ("the model" if version is None else f"v{version}")
+
+
+def _where_version(where: str) -> str | None:
+    """The version an anchor's place names (``v3:<key>``, ``deletion of v3``), or None."""
+    if where.startswith(_DELETION_OF):
+        rest = where[len(_DELETION_OF) :]
+        return rest[1:] if rest.startswith("v") else None
+    return where.split(":", 1)[0].removeprefix("v")
+
+
 @dataclass
 class _Entry:
     path: str
@@ -207,6 +231,10 @@ class _Entry:
     note: str = ""
     duplicate_of: str | None = None
     anchored: bool = False
+
+    @property
+    def orphaned(self) -> bool:
+        return any(p == "orphaned" for p, _ in self.problems)
 
     @property
     def type(self) -> str | None:
@@ -317,6 +345,37 @@ def _same_event(a: _Entry, b: _Entry) -> bool:
     )
 
 
+def _orphan_reason(
+    version: str,
+    recorded: Mapping[str | None, Collection[str]],
+    by_content: Mapping[str, Sequence[_Entry]],
+    present: Collection[str],
+) -> str | None:
+    """Why the events of ``version``, which does not exist, are orphaned; None when a deletion
+    anchor of the version (or of the model) names an intact event of that version (or model)."""
+    faults = []
+    for key in (version, None):
+        whose = f"the deletion of v{version}" if key is not None else "the model's deletion"
+        for h in sorted(recorded.get(key, ())):
+            copies = by_content.get(h, ())
+            if any(e.intact and e.version == key for e in copies):
+                return None
+            if h not in present:
+                faults.append(f"{whose} names {h[:12]}, which is not in the log")
+            elif not any(e.intact for e in copies):
+                faults.append(f"{whose} names {h[:12]}, which does not verify")
+            else:
+                other = next(e.version for e in copies if e.intact)
+                of = "the model" if other is None else f"version {other}"
+                faults.append(f"{whose} names {h[:12]}, an event of {of}")
+    if not faults:
+        return f"orphaned: version {version} does not exist and its deletion was never recorded"
+    return (
+        f"orphaned: version {version} does not exist and its recorded deletion does not hold: "
+        + "; ".join(faults)
+    )
+
+
 def _line(entry: _Entry) -> ReportLine:
     """The report line of one file: its most severe problem first, every reason listed."""
     problems = sorted(entry.problems, key=lambda p: PROBLEMS.index(p[0]))
@@ -339,16 +398,29 @@ def verify_events(
     name: str | None = None,
     version: str | None = None,
     live_versions: Collection[str] | None = None,
+    deletions: Mapping[str | None, Collection[str]] | None = None,
 ) -> VerifyReport:
     """Verify an audit log: ``files`` are (artifact path, bytes) pairs, ``anchors`` map each
     hash held in a fact tag to where it is held (for example ``v3:mlflow_approvals.r.<rid>``).
 
     With ``version``, the whole log is still checked (links cross versions: an archived
     version's event is anchored through the promoted version's), but only the lines of that
-    version are reported. ``live_versions`` names the versions that still exist: deleting a
-    version deletes its tags, so its events lose their anchors; they are reported valid but
-    ``(unanchored: version deleted)`` after their own checks. Pure: no I/O.
+    version are reported. ``live_versions`` names the versions that exist (None: every version
+    the log names is taken to exist). ``deletions`` maps a version (None: the model) to the
+    hashes of the events recording its deletion (the audit run's ``mlflow_approvals.deleted.*``
+    tags); they are anchors too ("deletion of v<N>", "deletion of the model"). Deleting a
+    version deletes its fact tags: an event of a version that does not exist is valid only when
+    a deletion anchor of that version, or of the model, names an intact event of that version
+    (or of the model) and the event is anchored (an ancestor of any anchor, the deletion event
+    included) or of a type that changes no tag; otherwise it is ``orphaned``. Pure: no I/O.
     """
+    recorded = {v: set(ds) for v, ds in (deletions or {}).items()}
+    held: dict[str, set[str]] = {h: set(where) for h, where in anchors.items()}
+    for v, digests in recorded.items():
+        for h in digests:
+            held.setdefault(h, set()).add(_deletion_where(v))
+    anchors = held
+    live = None if live_versions is None else {str(v) for v in live_versions}
     entries = [_inspect(path, raw) for path, raw in files]
     by_content: dict[str, list[_Entry]] = {}
     named: set[str] = set()
@@ -374,6 +446,18 @@ def verify_events(
         for entry in by_content.get(h, ()):
             entry.anchored = True
 
+    # Events of versions that do not exist: only a recorded, anchored deletion accounts for them.
+    deleted: dict[str, str | None] = {}  # version -> why its events are orphaned (None: not)
+    for entry in entries:
+        v = entry.version
+        if entry.event is None or live is None or v is None or v in live or v in deleted:
+            continue
+        deleted[v] = _orphan_reason(v, recorded, by_content, present)
+    for entry in entries:
+        why = deleted.get(entry.version or "") if entry.event is not None else None
+        if why:
+            entry.problems.append(("orphaned", why))
+
     anchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
     for entry in entries:
         if entry.anchored and entry.intact:
@@ -383,7 +467,7 @@ def verify_events(
     duplicates: list[_Entry] = []
     unanchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
     for entry in entries:
-        if entry.anchored or entry.event is None:
+        if entry.anchored or entry.event is None or entry.orphaned:
             continue
         twin = next((e for e in anchored_by_key.get(entry.key, ()) if _same_event(entry, e)), None)
         if twin is None and entry.type in UNANCHORED_TYPES and entry.intact:
@@ -419,9 +503,8 @@ def verify_events(
             continue
         if entry.problems and entry.name_hash in reached:
             continue  # a damaged copy of an anchored event: its own problem says enough
-        if live_versions is not None and entry.version not in (None, *live_versions):
-            entry.note = f"(unanchored: version {entry.version} was deleted, with its tags)"
-            continue
+        if entry.orphaned:
+            continue  # its version's deletion was never recorded: that says enough
         entry.problems.append(
             (
                 "not anchored",
@@ -453,7 +536,7 @@ def verify_events(
             reasons.append("anchored by " + ", ".join(where))
         if children:
             reasons.append(f"named as parent by {len(children)} event(s)")
-        versions = [w.split(":", 1)[0].removeprefix("v") for w in where]
+        versions = [v for v in map(_where_version, where) if v is not None]
         versions += [c.version for c in children if c.version is not None]
         lines.append(
             ReportLine(
@@ -472,10 +555,11 @@ def verify_events(
     unanchored = Counter(
         line.type for line in lines if line.status == VALID and "changes no tag" in line.reason
     )
-    orphaned = sorted(
-        {line.version for line in lines if "was deleted" in line.reason and line.version},
-        key=_version_order,
+    shown = {line.version for line in lines}
+    recorded_gone = sorted(
+        (v for v, why in deleted.items() if not why and v in shown), key=_version_order
     )
+    orphaned = sorted((v for v, why in deleted.items() if why and v in shown), key=_version_order)
     notes = []
     if unanchored:
         what = ", ".join(f"{n} {t}" for t, n in sorted(unanchored.items()))
@@ -483,10 +567,16 @@ def verify_events(
             f"note: {what} event(s) change no tag, so nothing anchors them: deleting one of "
             "them cannot be detected here (see docs/audit.md, 'What verify cannot catch')"
         )
+    if recorded_gone:
+        notes.append(
+            f"note: version(s) {', '.join(recorded_gone)} no longer exist; their recorded deletion "
+            "anchors their events"
+        )
     if orphaned:
         notes.append(
-            f"note: version(s) {', '.join(orphaned)} no longer exist; their events were checked "
-            "for integrity and links, but no tag anchors them any more"
+            f"note: version(s) {', '.join(orphaned)} do not exist and no valid record of their "
+            "deletion anchors their events: deleted around the gate (a plain MlflowClient), or "
+            "planted (see docs/audit.md, 'Deleted versions')"
         )
     lines.sort(
         key=lambda line: (
@@ -505,9 +595,15 @@ def verify_model(ports: Ports, name: str, version: str | None = None) -> VerifyR
     Reads the model's versions (their fact tags) and downloads the log to a temporary folder;
     writes nothing to MLflow.
     """
-    files, anchors, versions = read_log(ports, name)
-    live = [str(mv.version) for mv in versions]
-    return verify_events(files, anchors, name=name, version=version, live_versions=live)
+    log = read_log(ports, name)
+    return verify_events(
+        log.files,
+        log.anchors,
+        name=name,
+        version=version,
+        live_versions=log.live_versions,
+        deletions=log.deletions,
+    )
 
 
 # ---------------------------------------------------------------------------- ordering ---
