@@ -46,6 +46,7 @@ EVENT_TYPES: dict[str, str] = {
     "signoff.rejected": "rejection",
     "request.cancelled": "cancellation",
     "request.expired": "expiry",
+    "request.superseded": "supersession",
     "stage.transitioned": "application",
     "version.archived": "application",
     "alias.set": "application",
