@@ -329,3 +329,12 @@ def test_signers_whose_short_hashes_collide_both_keep_their_signoff(sqlite_uri, 
     after = reg.as_("x").get_request(reg.name, reg.v1)
     assert sorted(s.actor for s in after.signoffs) == sorted([a, b])
     assert after.status is Status.APPLIED
+
+
+def test_reconcile_lists_a_malformed_fact_with_its_problem(reg):
+    """audit reconcile reports a malformed reserved tag by key and reason, and fails."""
+    reg.plain.set_model_version_tag(reg.name, reg.v1, request_key(RID), "[]")
+    report = reg.as_("x").reconcile(reg.name)
+    tags = [c for c in report.changes if c.what == "tag" and c.key == request_key(RID)]
+    assert len(tags) == 1 and "malformed" in str(tags[0].actual)
+    assert not report.ok

@@ -219,24 +219,14 @@ def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
     v = str(mv.version)
     tags = mv.tags or {}
     facts = T.VersionFacts(name, v, tags)
-    known: dict[str, str | None] = {T.INDEX_KEY: "index"}
-    for rid, record in facts.requests.items():
-        known[T.request_key(rid)] = record.event
-        for s in facts.signoffs.get(rid, ()):
-            known[T.signoff_key(rid, s.actor)] = s.event
-        for key, ending in (
-            (T.cancel_key(rid), facts.cancelled.get(rid)),
-            (T.applied_key(rid), facts.applied.get(rid)),
-            (T.expired_key(rid), facts.expired.get(rid)),
-            (T.breakglass_key(rid), facts.emergency.get(rid)),
-        ):
-            if ending is not None:
-                known[key] = ending.event
+    known: dict[str, str | None] = {T.INDEX_KEY: "index", **dict(facts.written())}
     odd = []
     for key in sorted(tags):
         if not T.is_reserved(key):
             continue
-        if key not in known:
+        if key in facts.malformed:
+            odd.append((key, f"malformed: {facts.malformed[key]}"))
+        elif key not in known:
             odd.append((key, "a reserved tag no mlflow-approvals step writes"))
         elif known[key] is None:
             odd.append((key, "a fact without an audit event"))

@@ -429,15 +429,13 @@ class VersionFacts:
         found = [self.request(rid, now) for rid in self.requests]
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
-    def anchored(self) -> Iterator[tuple[str, str]]:
-        """(tag key, event hash) of every fact of a request filed on this very version: facts
-        copied from another version (``copy_model_version``) anchor nothing here."""
+    def written(self) -> Iterator[tuple[str, str | None]]:
+        """(tag key, event hash or None) of every decoded fact of a request filed on this very
+        version: facts copied from another version (``copy_model_version``) are not its own."""
         for rid, record in self.requests.items():
-            if record.event:
-                yield request_key(rid), record.event
+            yield request_key(rid), record.event
             for s in self.signoffs.get(rid, ()):
-                if s.event:
-                    yield signoff_key(rid, s.actor), s.event
+                yield signoff_key(rid, s.actor), s.event
             for key, ending in (
                 (cancel_key(rid), self.cancelled.get(rid)),
                 (applied_key(rid), self.applied.get(rid)),
@@ -445,8 +443,13 @@ class VersionFacts:
                 (breakglass_key(rid), self.emergency.get(rid)),
                 (superseded_key(rid), self.superseded.get(rid)),
             ):
-                if ending is not None and ending.event:
+                if ending is not None:
                     yield key, ending.event
+
+    def anchored(self) -> Iterator[tuple[str, str]]:
+        """(tag key, event hash) of every fact of this version's own requests that names its
+        audit event: the anchors of the log."""
+        return ((key, h) for key, h in self.written() if h)
 
     def event_hashes(self) -> list[str]:
         """The audit event hashes anchored in this version's facts (the heads a writer saw)."""
