@@ -338,3 +338,9 @@ def test_reconcile_lists_a_malformed_fact_with_its_problem(reg):
     tags = [c for c in report.changes if c.what == "tag" and c.key == request_key(RID)]
     assert len(tags) == 1 and "malformed" in str(tags[0].actual)
     assert not report.ok
+
+
+def test_deleting_a_model_never_gated_writes_no_audit_log(reg):
+    """A model with no approval history is deleted as by MlflowClient: no audit run appears."""
+    reg.as_("alice").delete_registered_model(reg.name)
+    assert reg.as_("x").audit.run_ids(reg.name, create=False) == []

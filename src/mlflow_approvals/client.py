@@ -461,8 +461,22 @@ class ApprovalClient(MlflowClient):
                 view=view,
             )
             raise NotAuthorized(judgement.refusal)
-        if judgement.recorded:
+        if judgement.recorded and self._has_history(view, judgement):
             record_change(self.engine, self._actor, judgement, door, "registry.changed", view=view)
+
+    @staticmethod
+    def _has_history(view: Any, judgement: Any) -> bool:
+        """True when the write takes away facts that anchor audit events (a model or version
+        never gated has no log, and gets none from being deleted or renamed)."""
+        name = judgement.name
+        if judgement.version is not None:
+            mv = view.version(name, judgement.version)
+            versions = [] if mv is None else [mv]
+        else:
+            versions = view.versions(name)
+        return any(
+            T.VersionFacts(name, str(mv.version), mv.tags or {}).event_hashes() for mv in versions
+        )
 
     @staticmethod
     def _refuse_reserved_tags(tags: Any, what: str) -> None:
