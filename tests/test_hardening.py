@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from datetime import timedelta
 from typing import Any
 
@@ -252,6 +253,10 @@ def test_version_holding_a_gated_alias_cannot_be_deleted(reg):
     with pytest.raises(NotAuthorized, match="cannot be deleted"):
         reg.as_("mallory").delete_model_version(reg.name, reg.v1)
     assert str(reg.alias()) == reg.v1
+    with tempfile.TemporaryDirectory() as tmp:
+        events = [json.loads(raw) for _, raw in reg.as_("x").audit.read(reg.name, tmp)]
+    denied = [e for e in events if e["type"].endswith(".attempt.denied")]
+    assert [e["data"]["actor"]["id"] for e in denied] == ["mallory"]
 
 
 def test_rename_refused_while_a_request_is_open(reg):
@@ -344,3 +349,27 @@ def test_deleting_a_model_never_gated_writes_no_audit_log(reg):
     """A model with no approval history is deleted as by MlflowClient: no audit run appears."""
     reg.as_("alice").delete_registered_model(reg.name)
     assert reg.as_("x").audit.run_ids(reg.name, create=False) == []
+
+
+@pytest.mark.parametrize("value", ["[]", "null", '{"id": 5}'])
+def test_command_line_readers_survive_a_malformed_fact(reg, policy_file, value):
+    """list, status, audit verify and reconcile run to their normal exit past a malformed fact."""
+    from click.testing import CliRunner
+
+    from mlflow_approvals.cli import main
+
+    reg.as_("alice").request_alias(reg.name, reg.v2, "champion")
+    reg.plain.set_model_version_tag(reg.name, reg.v1, request_key(RID), value)
+    reg.plain.set_model_version_tag(reg.name, reg.v1, INDEX_KEY, "pending")
+
+    def run(*args: str) -> Any:
+        head = ["--tracking-uri", reg.uri, "--policy", str(policy_file), "--as", "bob"]
+        return CliRunner().invoke(main, [*head, *args])
+
+    listed = run("list", "--model", reg.name)
+    assert listed.exit_code == 0 and reg.name in listed.output
+    assert run("status", reg.name, reg.v2).exit_code == 3  # pending
+    assert run("audit", "verify", reg.name).exit_code == 0
+    reconciled = run("audit", "reconcile", reg.name)
+    assert reconciled.exit_code == 1  # a malformed fact fails reconcile, as a report
+    assert "malformed" in reconciled.output and "Traceback" not in reconciled.output
