@@ -128,12 +128,14 @@ class Gate:
         view = RegistryView(self.engine)  # per request: the judge and the record share its reads
         judgement = judge(door, params, view)
         if judgement.refusal and self.settings.enforcement == "enforce":
-            self._record(actor, judgement, route, "attempt.denied", best_effort=True, view=view)
+            record_change(
+                self.engine, actor, judgement, route, "attempt.denied", best_effort=True, view=view
+            )
             return _refuse(judgement.refusal, 403)
         kind = "gate.bypassed" if judgement.refusal else "registry.changed"
         if judgement.recorded:
             try:
-                digest = self._record(actor, judgement, route, kind, view=view)
+                digest = record_change(self.engine, actor, judgement, route, kind, view=view)
             except Exception as exc:
                 return _refuse(
                     f"the audit log of '{judgement.name}' could not be written ({exc}); "
@@ -163,8 +165,8 @@ class Gate:
         )
         actor = current_actor(self.settings)
         try:
-            digest = self._record(
-                actor, judgement, f"{request.method} {request.path}", "access.changed"
+            digest = record_change(
+                self.engine, actor, judgement, f"{request.method} {request.path}", "access.changed"
             )
         except Exception as exc:
             return _refuse(f"the access log could not be written ({exc}); nothing was changed", 409)
@@ -180,24 +182,17 @@ class Gate:
             judgement, route, digest = intent
             actor = current_actor(self.settings)
             extra = {"status": response.status_code}
-            self._record(actor, judgement, route, "registry.unchanged", True, [digest], extra=extra)
+            record_change(
+                self.engine,
+                actor,
+                judgement,
+                route,
+                "registry.unchanged",
+                True,
+                [digest],
+                extra=extra,
+            )
         return response
-
-    # ------------------------------------------------------------------ audit ------------
-    def _record(
-        self,
-        actor: Actor | None,
-        judgement: Judgement,
-        route: str,
-        kind: str,
-        best_effort: bool = False,
-        parents: list[str] | None = None,
-        extra: dict[str, Any] | None = None,
-        view: RegistryView | None = None,
-    ) -> str | None:
-        return record_change(
-            self.engine, actor, judgement, route, kind, best_effort, parents, extra, view
-        )
 
 
 _CLOSES_TRAIL = ("delete_version", "delete_model", "rename_model")
