@@ -31,6 +31,10 @@ naming the file, the field path and the problem, and saying what to do:
 * a rule that names no stage and no alias;
 * a rule whose requirements cannot be filled by distinct people (a person signs a request once,
   and that sign-off counts toward one requirement).
+* a check (``checks:``, see ``docs/checks.md``) of no known kind or of two, with an unknown
+  key, a metric check without ``min`` or ``max`` or with ``min`` above ``max``, an artifact
+  path that is absolute or goes up a folder, more than :data:`~.checks.MAX_CHECKS` checks in
+  a rule.
 
 The file itself is refused, with the same error, when it is larger than
 :data:`MAX_POLICY_BYTES`, not UTF-8, not valid YAML or JSON, repeats a key in one mapping or
@@ -69,6 +73,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from mlflow_approvals.checks import ALLOWED_KEYS, MAX_CHECKS, CheckSpec, kind_problem
 
 __all__ = [
     "ENV_VAR",
@@ -228,6 +234,7 @@ class Rule(BaseModel):
     expires_after: timedelta | None = None
     separation_of_duties: bool = True
     break_glass: BreakGlass | None = None
+    checks: Annotated[tuple[CheckSpec, ...], Field(max_length=MAX_CHECKS)] = ()
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -236,6 +243,12 @@ class Rule(BaseModel):
         if isinstance(value, (list, tuple)):
             return [[level] if isinstance(level, Mapping) else level for level in value]
         return value
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _no_checks(cls, value: Any) -> Any:
+        """Read ``checks:`` with nothing under it (YAML's null) as no checks."""
+        return () if value is None else value
 
     @field_validator("expires_after", mode="before")
     @classmethod
@@ -348,9 +361,11 @@ class Policy(BaseModel):
         level shorthand gives the same hash.
         """
         dumped = self.model_dump(mode="json")
-        for rule in dumped["rules"]:  # a policy without break-glass hashes as it always did
+        for rule in dumped["rules"]:  # a policy without break-glass or checks hashes as before
             if rule.get("break_glass") is None:
                 rule.pop("break_glass", None)
+            if not rule.get("checks"):
+                rule.pop("checks", None)
         canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -927,7 +942,7 @@ def _counts_only_failed_items(error: Mapping[str, Any], locs: list[tuple[Any, ..
 
 def _explain(error: Mapping[str, Any]) -> list[str]:
     """The lines, ``path: problem: what to do``, for one pydantic error."""
-    loc: Loc = tuple(error["loc"])
+    loc, check_kind = _check_loc(tuple(error["loc"]))
     kind = error["type"]
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
@@ -935,6 +950,25 @@ def _explain(error: Mapping[str, Any]) -> list[str]:
         return [f"{_format_loc((*loc, *sub))}: {msg}" for sub, msg in cause.problems]
     if kind in ("value_error", "assertion_error") and cause is not None:
         message = str(cause)
+    elif kind in ("check_kind", "union_tag_not_found") and _is_check(loc):
+        message = kind_problem(error["input"])
+    elif kind == "tuple_type" and loc[-1:] == ("checks",):
+        message = (
+            f"checks is a list of checks, e.g. `[{{metric: val_auc, min: 0.9}}]`, not "
+            f"{type(error['input']).__name__}"
+        )
+    elif kind == "too_long" and loc[-1:] == ("checks",):
+        message = (
+            f"a rule lists at most {MAX_CHECKS} checks (their results are stored with each "
+            "request): merge some into a custom check"
+        )
+    elif kind in ("float_type", "finite_number") and check_kind == "metric":
+        message = f"{loc[-1]} must be a finite number, got {error['input']!r}"
+    elif kind == "extra_forbidden" and check_kind is not None:
+        message = (
+            f"unknown key {loc[-1]!r}: a {check_kind} check takes "
+            f"{', '.join(ALLOWED_KEYS[check_kind])}"
+        )
     elif kind == "extra_forbidden":
         allowed = _ALLOWED_KEYS.get(_model_at(loc[:-1]))
         message = f"unknown key {loc[-1]!r}"
@@ -964,6 +998,22 @@ def _explain(error: Mapping[str, Any]) -> list[str]:
     else:
         message = str(error["msg"])
     return [f"{_format_loc(loc)}: {message}"]
+
+
+def _is_check(loc: Loc) -> bool:
+    """Whether ``loc`` is one check: ``("rules", i, "checks", j)``."""
+    return len(loc) == 4 and loc[0] == "rules" and loc[2] == "checks" and isinstance(loc[3], int)
+
+
+def _check_loc(loc: Loc) -> tuple[Loc, str | None]:
+    """``loc`` without the check kind pydantic puts after ``rules[i].checks[j]``, and that kind.
+
+    ``("rules", 0, "checks", 2, "metric", "min")`` -> ``(("rules", 0, "checks", 2, "min"),
+    "metric")``; any other ``loc`` is returned as is, with ``None``.
+    """
+    if len(loc) >= 5 and _is_check(loc[:4]) and loc[4] in ALLOWED_KEYS:
+        return (*loc[:4], *loc[5:]), str(loc[4])
+    return loc, None
 
 
 def _model_at(loc: Loc) -> str:
