@@ -31,6 +31,7 @@ bench: $(STAMP)
 	@$(BIN)/python benchmarks/cycle.py
 	@$(BIN)/python benchmarks/cli_startup.py
 	@$(BIN)/python benchmarks/audit_verify.py
+	@$(BIN)/python benchmarks/evidence.py
 	@$(BIN)/python benchmarks/server.py
 
 clean:

@@ -25,6 +25,10 @@ artifact root decide where the audit experiment lives (the base class would put 
 ``sqlite:///`` database file, a path that clients of the server cannot read), and it reads a
 run's events in place when the destination is a local folder.
 
+:func:`server_model_files` gives a model version's files (``mlflow_approvals.evidence``) the
+same way: its ``mlflow-artifacts:`` location, or its run's or logged model's, on the
+``--artifacts-destination`` repository, read in place when that is a local folder.
+
 Nothing here imports MLflow when the module is imported.
 """
 
@@ -47,7 +51,9 @@ if TYPE_CHECKING:
     from mlflow.store.entities.paged_list import PagedList
     from mlflow.store.tracking.abstract_store import AbstractStore
 
-__all__ = ["ServerAuditStore", "ServerTracking", "server_audit_store"]
+    from mlflow_approvals.evidence import ArtifactFiles
+
+__all__ = ["ServerAuditStore", "ServerTracking", "server_audit_store", "server_model_files"]
 
 PROXIED_SCHEME = "mlflow-artifacts"
 
@@ -352,3 +358,74 @@ def server_audit_store() -> ServerAuditStore:
     model's audit run, which saves a look-up per event.
     """
     return ServerAuditStore(ServerTracking())
+
+
+class _ServerLookups:
+    """What resolving a ``runs:/`` or ``models:/`` URI asks, answered by the server's stores."""
+
+    def __init__(self) -> None:
+        self._tracking = ServerTracking()
+
+    @staticmethod
+    def _registry() -> Any:  # MLflow's store methods carry no annotations
+        from mlflow.server import handlers
+
+        return handlers._get_model_registry_store()
+
+    def get_run(self, run_id: str) -> Run:
+        return self._tracking.get_run(run_id)
+
+    def get_logged_model(self, model_id: str) -> Any:
+        return self._tracking._store().get_logged_model(model_id)
+
+    def search_logged_models(self, **kwargs: Any) -> Any:
+        store = self._tracking._store()
+        if not hasattr(store, "search_logged_models"):  # MLflow 2: no logged models
+            return []
+        return store.search_logged_models(**kwargs)
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        return str(self._registry().get_model_version_download_uri(name, version))
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> Any:
+        return self._registry().get_model_version_by_alias(name, alias)
+
+
+def _server_files_at(uri: str) -> ArtifactFiles:
+    """The files at a storage location; ``mlflow-artifacts:`` ones on the server's destination."""
+    from mlflow_approvals.evidence import ArtifactFiles
+
+    if urlparse(uri).scheme != PROXIED_SCHEME:
+        return ArtifactFiles.from_uri(uri)
+    from mlflow.server import handlers as _handlers
+
+    handlers: Any = _handlers  # its helpers carry no annotations
+    root: str | None = _proxied_path(uri)
+    # As in ServerTracking._locate: workspaces keep their artifacts under `workspaces/<name>/`.
+    scope = getattr(handlers, "_get_workspace_scoped_repo_path_if_enabled", None)
+    if scope is not None:
+        root = scope(root)
+    try:
+        repo = handlers._get_artifact_repo_mlflow_artifacts()
+    except KeyError as exc:  # the variable `mlflow server` sets is missing
+        raise _invalid(
+            f"{uri} is on the server's --artifacts-destination, but this process has none "
+            "(is it an `mlflow server` worker?)"
+        ) from exc
+    return ArtifactFiles(repo, root or "")
+
+
+def server_model_files(download_uri: str) -> ArtifactFiles:
+    """The files of a model version, read through this server's own stores, in process.
+
+    ``download_uri`` is what the registry reports for the version
+    (``get_model_version_download_uri``): an ``mlflow-artifacts:`` location is mapped onto the
+    ``--artifacts-destination`` repository (read in place when it is a local folder); a
+    ``runs:/`` or ``models:/`` URI is looked up in the server's tracking and registry stores
+    first; any other location (``s3://``, a local folder, ...) gets its ordinary repository
+    (:meth:`ArtifactFiles.from_uri`). Call it inside an ``mlflow server`` worker, where an HTTP
+    client would make the worker call itself.
+    """
+    from mlflow_approvals.evidence import resolve_model_files
+
+    return resolve_model_files(download_uri, _ServerLookups(), _server_files_at)
