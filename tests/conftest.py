@@ -9,8 +9,10 @@ its absence an error instead of a fallback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -122,7 +124,15 @@ def approvals_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appro
 
     folder = tmp_path_factory.mktemp("approvals-server")
     policy_path = folder / "policy.yaml"
-    policy_path.write_text(yaml.safe_dump(EXAMPLE_POLICY))
+    checked = {  # a rule with checks for `checked-*` models (tests/test_checks_flow.py)
+        "name": "checked",
+        "models": ["checked-*"],
+        "stages": ["Production"],
+        "levels": [[{"role": "data-scientist", "count": 1}]],
+        "checks": [{"metric": "val_auc", "min": 0.9}, {"artifact": "README.md"}],
+    }
+    server_policy = {**EXAMPLE_POLICY, "rules": [*EXAMPLE_POLICY["rules"], checked]}
+    policy_path.write_text(yaml.safe_dump(server_policy))
     auth_ini = folder / "basic_auth.ini"
     auth_ini.write_text(
         "[mlflow]\n"
@@ -249,3 +259,32 @@ def make_model(tracking_uri: str) -> Callable[..., tuple[str, list[str]]]:
         return name, register_versions(tracking_uri, name, count)
 
     return make
+
+
+@pytest.fixture
+def install_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
+    """Install custom checks for one test: a module and a `.dist-info` folder on sys.path."""
+    modules: list[str] = []
+
+    def install_(entries: dict[str, str], source: str) -> str:
+        module = f"approvals_test_checks_{uuid.uuid4().hex[:8]}"
+        root = tmp_path / module
+        root.mkdir()
+        (root / f"{module}.py").write_text(source, encoding="utf-8")
+        info = root / f"{module}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n", encoding="utf-8"
+        )
+        lines = [f"{name} = {module}:{func}" for name, func in entries.items()]
+        (info / "entry_points.txt").write_text(
+            "[mlflow_approvals.checks]\n" + "\n".join(lines) + "\n", encoding="utf-8"
+        )
+        monkeypatch.syspath_prepend(str(root))  # also invalidates the import caches
+        modules.append(module)
+        return module
+
+    yield install_
+    for module in modules:
+        sys.modules.pop(module, None)
+    importlib.invalidate_caches()

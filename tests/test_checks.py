@@ -6,13 +6,11 @@ time. Custom checks are installed through real entry points written into ``tmp_p
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -552,32 +550,9 @@ seen = []
 
 
 @pytest.fixture
-def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
-    """Install custom checks for one test: a module and a `.dist-info` folder on sys.path."""
-    modules: list[str] = []
-
-    def install_(entries: dict[str, str], source: str = CHECKS_MODULE) -> str:
-        module = f"approvals_test_checks_{uuid.uuid4().hex[:8]}"
-        root = tmp_path / module
-        root.mkdir()
-        (root / f"{module}.py").write_text(source, encoding="utf-8")
-        info = root / f"{module}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n", encoding="utf-8"
-        )
-        lines = [f"{name} = {module}:{func}" for name, func in entries.items()]
-        (info / "entry_points.txt").write_text(
-            f"[{ENTRY_POINT_GROUP}]\n" + "\n".join(lines) + "\n", encoding="utf-8"
-        )
-        monkeypatch.syspath_prepend(str(root))  # also invalidates the import caches
-        modules.append(module)
-        return module
-
-    yield install_
-    for module in modules:
-        sys.modules.pop(module, None)
-    importlib.invalidate_caches()
+def install(install_checks: Callable[..., str]) -> Callable[..., str]:
+    """Install custom checks (by default the module above) for one test."""
+    return lambda entries, source=CHECKS_MODULE: install_checks(entries, source)
 
 
 def custom(check: dict[str, Any], **kwargs: Any) -> CheckResult:

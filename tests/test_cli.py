@@ -43,9 +43,12 @@ REQUEST_KEYS = {
     "id", "name", "version", "target", "status", "requester", "requester_display_name",
     "created_at", "expires_at",
     "comment", "rule", "levels", "open_level", "missing", "signoffs", "cancelled", "applied",
-    "break_glass", "review_by", "overdue", "emergency", "superseded",
+    "break_glass", "review_by", "overdue", "emergency", "superseded", "invalidated", "checks",
+    "digest", "changes",
 }  # fmt: skip
-SIGNOFF_KEYS = {"actor", "display_name", "decision", "role", "level", "meaning", "comment", "time"}
+SIGNOFF_KEYS = {
+    "actor", "display_name", "decision", "role", "level", "meaning", "comment", "time", "digest",
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -74,6 +74,7 @@ fact_keys = st.sampled_from(
         T.expired_key(RID),
         T.breakglass_key(RID),
         T.superseded_key(RID),
+        T.invalidated_key(RID),
         T.INDEX_KEY,
         T.PREFIX + "r.not-an-id",
         T.PREFIX + "anything",
@@ -114,6 +115,7 @@ def test_any_reserved_values_read_without_raising(tags: dict[str, str]) -> None:
         (T.expired_key, facts.expired),
         (T.breakglass_key, facts.emergency),
         (T.superseded_key, facts.superseded),
+        (T.invalidated_key, facts.invalidated),
     ):
         decoded |= {key(rid) for rid in endings}
     if T.INDEX_KEY in tags and T.INDEX_KEY not in facts.malformed:

@@ -47,6 +47,8 @@ EVENT_TYPES: dict[str, str] = {
     "request.cancelled": "cancellation",
     "request.expired": "expiry",
     "request.superseded": "supersession",
+    "request.invalidated": "invalidation",
+    "checks.failed": "failed checks",
     "stage.transitioned": "application",
     "version.archived": "application",
     "alias.set": "application",

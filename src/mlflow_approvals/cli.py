@@ -5,8 +5,9 @@ prints the result for a terminal or as one JSON document (``--json``), and maps 
 an exit code a pipeline can branch on (see ``docs/cli.md``)::
 
     0  success (``wait``: applied)         3  still pending
-    1  error                               4  rejected, cancelled, expired or superseded
-    2  usage error
+    1  error                               4  rejected, cancelled, expired, superseded or
+    2  usage error                            invalidated
+                                           5  a check of the rule failed (check, request)
 
 Start-up time matters here: importing MLflow takes seconds, so nothing from MLflow (nor the
 modules that import it: ``client``, ``errors``, ``engine``, ...) is imported at module level.
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 __all__ = [
+    "EXIT_CHECKS",
     "EXIT_ENDED",
     "EXIT_ERROR",
     "EXIT_OK",
@@ -69,6 +71,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2  # click's own code for usage errors
 EXIT_PENDING = 3
 EXIT_ENDED = 4
+EXIT_CHECKS = 5
 
 _POLICY_ENV = "MLFLOW_APPROVALS_POLICY"  # as policy.ENV_VAR, which this module must not import
 _SERVER_ENV = "MLFLOW_APPROVALS_SERVER"  # 1: an approvals server; 0: never its endpoints
@@ -79,6 +82,7 @@ APPROVAL_ERRORS = frozenset(
         "ApprovalError",
         "ApprovalPending",
         "AuditUnavailable",
+        "ChecksFailed",
         "InvalidRequest",
         "ModelVersionNotFound",
         "NotAuthorized",
@@ -86,7 +90,7 @@ APPROVAL_ERRORS = frozenset(
         "RequestNotFound",
     }
 )
-_ENDED = ("rejected", "cancelled", "expired", "superseded")
+_ENDED = ("rejected", "cancelled", "expired", "superseded", "invalidated")
 _STATUS_CHOICES = (
     "pending",
     "approved",
@@ -95,6 +99,7 @@ _STATUS_CHOICES = (
     "cancelled",
     "expired",
     "superseded",
+    "invalidated",
     "all",
 )
 
@@ -104,7 +109,8 @@ Exit codes:
   1  error: the message on stderr says what to do (--debug shows the traceback)
   2  usage error: a missing or invalid argument
   3  still pending (request, status; wait when --timeout passes)
-  4  rejected, cancelled, expired or superseded (status, wait)
+  4  rejected, cancelled, expired, superseded or invalidated (status, wait)
+  5  a check the rule demands failed (check; request, approve: nothing filed or applied)
 
 \b
 Environment: MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_USERNAME
@@ -316,6 +322,23 @@ class Failure(click.ClickException):
             _echo(line, err=True)
 
 
+class ChecksFailure(Failure):
+    """Checks the rule demands failed (exit code 5): the message, then one line per check."""
+
+    exit_code = EXIT_CHECKS
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message, "ChecksFailed")
+        self.report = report
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.as_json:
+            doc = {"type": self.kind, "message": self.message, "checks": self.report.to_dict()}
+            _echo_json({"error": doc})
+        for line in [*_error_lines(self.message), *self.report.lines()]:
+            _echo(line, err=True)
+
+
 def _short_cause(text: str) -> str:
     """The useful tail of a ``requests``/urllib3 connection error, e.g. 'Connection refused'."""
     for marker in ("[Errno", "Name or service not known", "timed out", "Connection refused"):
@@ -349,6 +372,10 @@ def _not_approvals(where: str, exc: RemoteError | None) -> Failure:
 
 def _remote_failure(exc: RemoteError, settings: Settings) -> Failure:
     """An error answer of the approval endpoints, reported as ``ApprovalClient``'s would be."""
+    if exc.kind == "ChecksFailed" and exc.checks is not None:
+        from mlflow_approvals.checks import CheckReport
+
+        return ChecksFailure(exc.message, CheckReport.from_dict(exc.checks))
     if exc.kind in APPROVAL_ERRORS:
         # as client._remote_call reports it
         return Failure(exc.message, "InvalidRequest" if exc.kind == "ApprovalPending" else exc.kind)
@@ -372,8 +399,10 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
     if "mlflow" in sys.modules:  # no MLflow imported means no MLflow error can be raised
         from mlflow.exceptions import MlflowException
 
-        from mlflow_approvals.errors import ApprovalError, PolicyError
+        from mlflow_approvals.errors import ApprovalError, ChecksFailed, PolicyError
 
+        if isinstance(exc, ChecksFailed):
+            return ChecksFailure(exc.message, exc.results)
         if isinstance(exc, ApprovalError):
             # a PolicyError lists the local policy file's problems, one per line
             multiline = isinstance(exc, PolicyError)
@@ -560,7 +589,24 @@ def _request_view(request: ApprovalRequest) -> list[str]:
     lines += _level_lines(request)
     if request.missing:
         lines.append(f"  missing  {_needs(request)} at level {request.open_level}")
+    if request.checks:
+        when = request.checks[0].evaluated_at
+        lines.append(f"  checks   when filed{'' if when is None else ' at ' + _ts(when)}:")
+        lines += [f"    {line}" for line in _check_lines(request.checks)]
+    if request.digest:
+        lines.append(f"  evidence {request.digest} (the model files every signer approves)")
+    if request.changes is not None:
+        from mlflow_approvals.changes import lines as change_lines
+
+        lines.append("  changes")
+        lines += [f"    {line}" for line in change_lines(dict(request.changes))]
     return lines
+
+
+def _check_lines(results: Any) -> list[str]:
+    from mlflow_approvals.checks import CheckReport
+
+    return CheckReport(tuple(results)).lines()
 
 
 def _applied_at_once(request: ApprovalRequest) -> bool:
@@ -740,6 +786,45 @@ def request(
 
     settings.out(req.to_dict(), human)
     _finish(_exit_for(req))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--stage", metavar="STAGE", help="Check what moving to this stage demands.")
+@click.option("--alias", metavar="ALIAS", help="Check what pointing this alias here demands.")
+@_pass
+def check(
+    settings: Settings, model: str, version: str, stage: str | None, alias: str | None
+) -> None:
+    """Dry-run the checks the rule gating --stage or --alias demands of MODEL VERSION.
+
+    Every check is evaluated and printed, and nothing is written. Exits 0 when all pass (or no
+    rule gates the target), 5 when any fails: a CI job can fail fast before anyone is asked.
+    """
+    if (stage is None) == (alias is None):
+        raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
+    from mlflow_approvals.checks import CheckReport
+    from mlflow_approvals.lifecycle import Target
+
+    target = (
+        Target("stage", stage, "set") if stage is not None else Target("alias", alias or "", "set")
+    )
+    found = settings.run(
+        lambda server: server.check(model, version, target),
+        lambda client: client.check(model, version, stage=stage, alias=alias).to_dict(),
+    )
+    report = CheckReport.from_dict(found)
+    what = f"{model} v{version} -> {'stage ' + stage if stage else '@' + (alias or '')}"
+
+    def human() -> list[str]:
+        if not report.results:
+            return [f"{what}: no checks (no rule gates it, or its rule demands none)"]
+        verdict = "all checks pass" if report.passed else f"{len(report.failed)} check(s) fail"
+        return [f"{what}: {verdict}", *report.lines()]
+
+    settings.out(report.to_dict(), human)
+    _finish(EXIT_OK if report.passed else EXIT_CHECKS)
 
 
 @main.command(name="break-glass")

@@ -33,6 +33,7 @@ from mlflow_approvals.ports import Registry
 from mlflow_approvals.remote import RemoteLifecycle
 
 if TYPE_CHECKING:
+    from mlflow_approvals.checks import CheckReport
     from mlflow_approvals.reconcile import ReconcileReport
     from mlflow_approvals.verify import VerifyReport
 
@@ -85,6 +86,7 @@ class ApprovalClient(MlflowClient):
             Registry(lambda: self._get_registry_client().store),  # type: ignore[no-untyped-call]
             audit or AuditStore(self),
             loaded,
+            evidence=_ClientEvidence(self),
         )
 
     # ------------------------------------------------------------------ who and what -------
@@ -410,6 +412,28 @@ class ApprovalClient(MlflowClient):
             target = Target("alias", validate_alias(alias or ""), "set")
         return self._steps().break_glass(name, validate_version(version), target, reason)
 
+    def check(
+        self,
+        name: str,
+        version: str | int,
+        stage: str | None = None,
+        alias: str | None = None,
+        archive_existing_versions: bool = False,
+    ) -> CheckReport:
+        """A dry run: the checks the rule gating the stage or alias demands, on this version.
+
+        Every check is evaluated (none stops the others) and nothing is written. The report has
+        ``.passed`` and ``.results`` (each with ``.name``, ``.passed``, ``.detail``, and the
+        value and threshold where there is one). No rule gates the target: no checks, passed.
+        """
+        if (stage is None) == (alias is None):
+            raise InvalidRequest("pass exactly one target: stage=... or alias=...")
+        if stage is not None:
+            target = Target("stage", validate_stage(stage), "set", archive_existing_versions)
+        else:
+            target = Target("alias", validate_alias(alias or ""), "set")
+        return self._steps().check(name, validate_version(version), target)
+
     def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
         """Break-glass changes whose review was rejected or is overdue (all models, or one)."""
         return [r for r in self.list_requests(name, status=None) if r.review_failed]
@@ -499,6 +523,30 @@ class ApprovalClient(MlflowClient):
             )
 
 
+class _ClientEvidence:
+    """A version's run and model files, read through the tracking client."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+
+    def run(self, run_id: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return None
+            raise
+
+    def files(self, mv: ModelVersion) -> Any:
+        from mlflow_approvals.evidence import ArtifactFiles
+
+        uri = self.client.get_model_version_download_uri(mv.name, str(mv.version))
+        return ArtifactFiles.from_uri(uri, str(self.client._tracking_client.tracking_uri))
+
+
 class _Local:
     """The lifecycle run in this process by the engine, as ``actor``."""
 
@@ -537,6 +585,9 @@ class _Local:
     ) -> ApprovalRequest:
         return self.engine.break_glass(self.actor, name, version, target, reason)
 
+    def check(self, name: str, version: str, target: Target) -> CheckReport:
+        return self.engine.check(name, version, target)
+
 
 class _Remote:
     """The lifecycle run by the approvals server; its error answers raised as our errors."""
@@ -573,6 +624,11 @@ class _Remote:
     ) -> ApprovalRequest:
         return _remote_call(lambda: self.remote.break_glass(name, version, target, reason))
 
+    def check(self, name: str, version: str, target: Target) -> CheckReport:
+        from mlflow_approvals.checks import CheckReport
+
+        return CheckReport.from_dict(_remote_call(lambda: self.remote.check(name, version, target)))
+
 
 _T = TypeVar("_T")
 
@@ -586,8 +642,12 @@ def _remote_call(step: Callable[[], _T]) -> _T:
         return step()
     except RemoteError as exc:
         kind = getattr(errors, exc.kind or "", None)
+        if kind is errors.ChecksFailed and exc.checks is not None:
+            from mlflow_approvals.checks import CheckReport
+
+            raise errors.ChecksFailed(exc.message, CheckReport.from_dict(exc.checks)) from None
         if isinstance(kind, type) and issubclass(kind, errors.ApprovalError):
-            if kind is errors.ApprovalPending:
+            if kind in (errors.ApprovalPending, errors.ChecksFailed):
                 kind = errors.InvalidRequest
             raise kind(exc.message) from None
         from mlflow.exceptions import MlflowException

@@ -24,6 +24,7 @@ from mlflow_approvals import tags as T
 from mlflow_approvals.audit import AuditStore, deterministic_id, make_event
 from mlflow_approvals.errors import (
     ApprovalPending,
+    ChecksFailed,
     InvalidRequest,
     ModelVersionNotFound,
     NotAuthorized,
@@ -49,10 +50,13 @@ from mlflow_approvals.lifecycle import (
     utcnow,
 )
 from mlflow_approvals.policy import Policy, Rule, canonical_stage
-from mlflow_approvals.ports import Registry
+from mlflow_approvals.ports import EvidenceSource, Registry
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow_approvals.checks import CheckReport
+    from mlflow_approvals.evidence import Evidence
 
 _log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[\w\-]{1,255}$")
@@ -210,6 +214,20 @@ def unbacked(record: RequestRecord, policy: Policy) -> str | None:
     return None
 
 
+def _assessed(
+    report: CheckReport, evidence: Evidence | None, changes: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The assessment as an audit event records it (what the signers sign over)."""
+    found: dict[str, Any] = {}
+    if report.results:
+        found["checks"] = report.to_dict()
+    if evidence is not None:
+        found["evidence"] = evidence.to_dict()
+    if changes is not None:
+        found["changes"] = dict(changes)
+    return found
+
+
 class Engine:
     """The approval lifecycle over a registry port and an audit sink, under a policy.
 
@@ -218,6 +236,8 @@ class Engine:
         audit: where audit events go.
         policy: the approval policy.
         clock: the time source (UTC, millisecond precision); tests pass their own.
+        evidence: where the checks and the evidence digest read a version's run and files
+            (None: no checks can pass, and requests carry no digest).
     """
 
     def __init__(
@@ -226,11 +246,15 @@ class Engine:
         audit: AuditStore,
         policy: Policy,
         clock: Callable[[], datetime] = utcnow,
+        evidence: EvidenceSource | None = None,
     ) -> None:
+        from mlflow_approvals.assess import Assessor
+
         self.registry = registry
         self.audit = audit
         self.policy = policy
         self.clock = clock
+        self.assess = Assessor(evidence, registry, lambda: self.clock())
 
     # ------------------------------------------------------------------ gating ------------
     def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
@@ -268,8 +292,23 @@ class Engine:
             if existing.is_open and existing.record.target == target:
                 return existing
         self._check_not_already(mv, target)
+        report = self.assess.checks(rule, mv, target)
+        if not report.passed:
+            raise self._checks_failed(actor, mv, facts, None, report, target, rule)
+        holders = self._holders(mv, target)
+        evidence = self.assess.evidence(mv)
         record = self._new_record(
-            actor, name, version, target, comment, rule, now, holders=self._holders(mv, target)
+            actor,
+            name,
+            version,
+            target,
+            comment,
+            rule,
+            now,
+            holders=holders,
+            checks=report.results,
+            digest=None if evidence is None else evidence.digest,
+            changes=self.assess.changes(mv, holders),
         )
         digest = self.emit(
             actor,
@@ -287,7 +326,8 @@ class Engine:
                     "value": target.value,
                     "action": target.action,
                     "archive_existing_versions": target.archive_existing_versions,
-                }
+                },
+                **_assessed(report, evidence, record.changes),
             },
         )
         record = RequestRecord(**{**record.__dict__, "event": digest})
@@ -486,6 +526,7 @@ class Engine:
             time=now,
             display_name=actor.display_name,
             event=digest,
+            digest=request.record.digest,
         )
         self._write_tag(
             name, version, T.signoff_key(request.id, actor.id), T.encode_signoff(signoff)
@@ -774,6 +815,14 @@ class Engine:
         taken = self._taken(mv, request.record, in_stage)
         if taken:
             raise self._supersede(actor, mv, facts, request, taken)
+        evidence = self.assess.evidence(mv) if request.record.digest is not None else None
+        if evidence is not None and evidence.digest != request.record.digest:
+            raise self._invalidate(actor, mv, facts, request, evidence)
+        rule = self.policy.match(name, target.kind, target.value)
+        assert rule is not None  # unbacked() checked that the request's rule gates the target
+        report = self.assess.checks(rule, mv, target)
+        if not report.passed:
+            raise self._checks_failed(actor, mv, facts, request, report, target, rule)
         archived: list[ModelVersion] = []
         in_effect = is_in_effect(mv, target)
         if target.kind == "stage" and target.archive_existing_versions and not in_effect:
@@ -803,7 +852,7 @@ class Engine:
             before=live_value(mv, target),
             after=target_value(target, version),
             comment=f"applied after sign-off by {', '.join(s.actor for s in request.signoffs)}",
-            extra={"already_in_effect": in_effect},
+            extra={"already_in_effect": in_effect, **_assessed(report, evidence, None)},
             parents=archived_events,  # so the archive events are anchored through this one
         )
         if not in_effect:
@@ -896,6 +945,81 @@ class Engine:
         ending = Ending(actor.id, now, why, digest, actor.display_name)
         if self._write_shared_fact(mv, T.superseded_key(request.id), T.encode_ending(ending)):
             facts.superseded[request.id] = ending
+        self._settle_index(mv, facts)
+        return InvalidRequest(why)
+
+    def check(self, name: str, version: str, target: Target) -> CheckReport:
+        """A dry run: the checks the rule gating ``target`` demands, on ``name`` v``version``.
+
+        Every check is evaluated; nothing is written. No rule gates the target: no checks.
+        """
+        from mlflow_approvals.checks import CheckReport
+
+        mv, _ = self.read(name, version)
+        rule = self.rule_for(name, target.kind, target.value)
+        return CheckReport(()) if rule is None else self.assess.checks(rule, mv, target)
+
+    def _checks_failed(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest | None,
+        report: CheckReport,
+        target: Target,
+        rule: Rule,
+    ) -> ChecksFailed:
+        """Audit a failed evaluation (when filing, or before an apply); return the error."""
+        failed = ", ".join(r.name for r in report.failed)
+        when = "filed" if request is None else f"applied (request {request.id} stays approved)"
+        message = (
+            f"{target} of '{mv.name}' v{mv.version} cannot be {when}: rule '{rule.name}' "
+            f"demands checks that fail: {failed}. Fix the version (or its run) and try again; "
+            "see ChecksFailed.results or `mlflow-approvals check`"
+        )
+        self.emit(
+            actor,
+            mv,
+            facts,
+            "checks.failed",
+            request,
+            comment=message,
+            rule=rule.name,
+            extra={"stage": "filing" if request is None else "apply", "checks": report.to_dict()},
+        )
+        return ChecksFailed(message, report, request)
+
+    def _invalidate(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest,
+        evidence: Evidence,
+    ) -> InvalidRequest:
+        """Record that the model's files differ from what was signed; return the error."""
+        why = (
+            f"request {request.id} was not applied and is invalidated: the files, source or "
+            f"run of '{mv.name}' v{mv.version} changed since it was filed (evidence digest "
+            f"{request.record.digest} when filed and signed, {evidence.digest} now), so the "
+            "signatures are for other bytes. File the request again"
+        )
+        now = self.clock()
+        digest = self.emit(
+            actor,
+            mv,
+            facts,
+            "request.invalidated",
+            request,
+            event_id=deterministic_id(request.id, "invalidated"),
+            time=now,
+            before={"digest": request.record.digest},
+            after={"digest": evidence.digest, "manifest": evidence.manifest},
+            comment=why,
+        )
+        ending = Ending(actor.id, now, why, digest, actor.display_name)
+        if self._write_shared_fact(mv, T.invalidated_key(request.id), T.encode_ending(ending)):
+            facts.invalidated[request.id] = ending
         self._settle_index(mv, facts)
         return InvalidRequest(why)
 

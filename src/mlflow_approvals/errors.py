@@ -12,6 +12,7 @@ with the right exit code::
         ├── RequestNotFound           (RESOURCE_DOES_NOT_EXIST, 404)
         ├── InvalidRequest            (INVALID_PARAMETER_VALUE, 400)
         ├── ModelVersionNotFound      (RESOURCE_DOES_NOT_EXIST, 404)  no such model/version/alias
+        ├── ChecksFailed              (ABORTED, 409)  a check of the rule failed; nothing applied
         └── AuditUnavailable          (ABORTED, 409)  the audit store could not be written
 
 No code here has a 5xx error code: MLflow's REST client retries 5xx answers for about 30 seconds,
@@ -31,12 +32,14 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 if TYPE_CHECKING:
+    from mlflow_approvals.checks import CheckReport
     from mlflow_approvals.lifecycle import ApprovalRequest
 
 __all__ = [
     "ApprovalError",
     "ApprovalPending",
     "AuditUnavailable",
+    "ChecksFailed",
     "InvalidRequest",
     "ModelVersionNotFound",
     "NotAuthorized",
@@ -101,3 +104,20 @@ class AuditUnavailable(ApprovalError):
     """The audit store could not be written, so the change it would record was not made."""
 
     error_code = ABORTED
+
+
+class ChecksFailed(ApprovalError):
+    """A check the rule demands failed, so nothing was filed (or applied).
+
+    ``.results`` is the :class:`~mlflow_approvals.checks.CheckReport`: every check, passed or
+    not, with its detail. ``.request`` is the request when the failure stopped its apply.
+    """
+
+    error_code = ABORTED
+
+    def __init__(
+        self, message: str, results: CheckReport, request: ApprovalRequest | None = None
+    ) -> None:
+        super().__init__(message)
+        self.results = results
+        self.request = request

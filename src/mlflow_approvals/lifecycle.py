@@ -34,6 +34,7 @@ class Status(str, Enum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     SUPERSEDED = "superseded"  # another version took the target before it was applied
+    INVALIDATED = "invalidated"  # the model's files changed after the approvals were given
 
     def __str__(self) -> str:
         return self.value
@@ -103,6 +104,7 @@ class SignOff:
     time: datetime
     display_name: str | None = None
     event: str | None = None  # hash of the audit event that records it
+    digest: str | None = None  # the evidence digest of the model files the signer approved
 
     @property
     def meaning(self) -> str:
@@ -147,6 +149,13 @@ class RequestRecord:
     # The versions that held the target when the request was filed (None: not recorded). When
     # another version holds it at apply time, the approvals were for a state that has gone.
     holders: tuple[str, ...] | None = None
+    # The checks the rule demands, as evaluated when the request was filed (checks.CheckResult).
+    checks: tuple[Any, ...] = ()
+    # The evidence digest of the version's model files, source and run when it was filed: what
+    # every signer approves. None when it could not be computed (recorded before 0.1 or absent).
+    digest: str | None = None
+    # What differs from the version holding the target when it was filed (changes.compare).
+    changes: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,7 @@ class ApprovalRequest:
     emergency: Ending | None = None  # the break-glass application, before any review
     overdue: bool = False  # a break-glass review still open after its deadline
     superseded: Ending | None = None  # the target moved on before it was applied
+    invalidated: Ending | None = None  # the model's files changed after filing
 
     # Flat accessors, so callers read request.target rather than request.record.target.
     @property
@@ -226,6 +236,21 @@ class ApprovalRequest:
     @property
     def is_open(self) -> bool:
         return self.status.is_open
+
+    @property
+    def checks(self) -> tuple[Any, ...]:
+        """The rule's checks as evaluated when the request was filed (each a ``CheckResult``)."""
+        return self.record.checks
+
+    @property
+    def digest(self) -> str | None:
+        """The evidence digest of the model files, source and run every signer approves."""
+        return self.record.digest
+
+    @property
+    def changes(self) -> Mapping[str, Any] | None:
+        """What differs from the version that held the target when the request was filed."""
+        return self.record.changes
 
     @property
     def fully_signed(self) -> bool:
@@ -292,6 +317,7 @@ class ApprovalRequest:
                     "meaning": s.meaning,
                     "comment": s.comment,
                     "time": ts(s.time),
+                    "digest": s.digest,
                 }
                 for s in self.signoffs
             ],
@@ -324,6 +350,12 @@ class ApprovalRequest:
             "superseded": None
             if self.superseded is None
             else {"time": ts(self.superseded.time), "comment": self.superseded.comment},
+            "invalidated": None
+            if self.invalidated is None
+            else {"time": ts(self.invalidated.time), "comment": self.invalidated.comment},
+            "checks": [c.to_dict() for c in self.record.checks],
+            "digest": self.record.digest,
+            "changes": None if self.record.changes is None else dict(self.record.changes),
         }
 
 
@@ -358,6 +390,7 @@ def format_history(request: ApprovalRequest) -> list[str]:
         ("cancellation", request.cancelled),
         ("expiry", request.expired),
         ("superseded", request.superseded),
+        ("invalidation", request.invalidated),
         ("application", request.applied),
     ):
         if ending is not None:
@@ -426,6 +459,7 @@ def derive(
     expired: Ending | None = None,
     emergency: Ending | None = None,
     superseded: Ending | None = None,
+    invalidated: Ending | None = None,
 ) -> ApprovalRequest:
     """Derive a request's status from its facts and the clock.
 
@@ -444,6 +478,8 @@ def derive(
         status = Status.CANCELLED
     elif any(s.decision == "reject" for s in ordered):
         status = Status.REJECTED
+    elif invalidated is not None:
+        status = Status.INVALIDATED
     elif superseded is not None:
         status = Status.SUPERSEDED
     elif expired is not None or (
@@ -465,6 +501,7 @@ def derive(
         expired=expired,
         emergency=emergency,
         superseded=superseded,
+        invalidated=invalidated,
         overdue=bool(
             record.break_glass
             and status is Status.PENDING

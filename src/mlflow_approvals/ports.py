@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     from mlflow_approvals.audit import AuditStore
     from mlflow_approvals.policy import Policy
 
-__all__ = ["Ports", "Registry", "clause", "like_superset", "literal", "search_filter", "tag_field"]
+__all__ = [
+    "EvidenceSource",
+    "Ports",
+    "Registry",
+    "clause",
+    "like_superset",
+    "literal",
+    "search_filter",
+    "tag_field",
+]
 
 
 # Characters a LIKE superset pattern replaces by the one-character wildcard `_`: the quotes and
@@ -203,6 +212,19 @@ class Registry:
     def versions_of(self, name: str) -> list[ModelVersion]:
         """Every version of model ``name`` (exactly that name), with tags and stage, in order."""
         return sorted(self.search_versions(name), key=lambda mv: int(mv.version))
+
+
+class EvidenceSource(Protocol):
+    """Where the checks, the evidence digest and the "what changed" view read a version's run
+    and model files: the tracking client's, or the server's own stores."""
+
+    def run(self, run_id: str) -> Any | None:
+        """The run ``run_id`` (an MLflow ``Run``), or None when there is no such run."""
+        ...
+
+    def files(self, mv: ModelVersion) -> Any:
+        """The version's model files (a :class:`mlflow_approvals.checks.ModelFiles`)."""
+        ...
 
 
 class Ports(Protocol):

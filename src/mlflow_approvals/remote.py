@@ -38,6 +38,7 @@ class RemoteError(Exception):
     error_code: str
     message: str
     kind: str | None = None
+    checks: Mapping[str, Any] | None = None  # ChecksFailed: the report, as CheckReport.to_dict
 
     def __str__(self) -> str:
         return self.message
@@ -102,6 +103,11 @@ class RemoteLifecycle:
     ) -> ApprovalRequest:
         params = {"name": name, "version": version, "reason": reason}
         return self._one("break-glass", {**params, **_target_params(target)})
+
+    def check(self, name: str, version: str, target: Target) -> dict[str, Any]:
+        """The dry run of the checks, on the server; the report's dict."""
+        params = {"name": name, "version": version, **_target_params(target)}
+        return call(self.base_uri, "check", params, self.auth)
 
     def reconcile(self, name: str) -> dict[str, Any]:
         """Run reconcile on the server (it alone may write the audit log); the report's dict."""
@@ -188,6 +194,7 @@ def call(
             str(doc.get("error_code") or "INTERNAL_ERROR"),
             str(doc.get("message") or f"HTTP {response.status_code} from {url}"),
             doc.get("mlflow_approvals_error"),
+            doc.get("checks") if isinstance(doc.get("checks"), dict) else None,
         )
     return body
 

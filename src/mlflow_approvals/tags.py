@@ -9,6 +9,7 @@ Each fact is written once, under a key only its writer uses (see docs/architectu
     mlflow_approvals.r.<rid>.expired          the expiry, recorded by whoever noticed it
     mlflow_approvals.r.<rid>.breakglass       the emergency application (break-glass)
     mlflow_approvals.r.<rid>.superseded       the target moved before the request was applied
+    mlflow_approvals.r.<rid>.invalidated      the model's files changed after the approvals
     mlflow_approvals.index                    "pending" | "idle": the searchable index
 """
 
@@ -45,7 +46,7 @@ MAX_COMMENT_CHARS = 5000
 MAX_VALUE_CHARS = 100_000  # MLflow's limit for model-version tag values
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _FACT = re.compile(
-    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired|breakglass|superseded))?$"
+    r"^mlflow_approvals\.r\.([0-9a-f]{12})(?:\.(s)\.(.+)|\.(cancel|applied|expired|breakglass|superseded|invalidated))?$"
 )
 
 
@@ -98,6 +99,10 @@ def breakglass_key(rid: str) -> str:
 
 def superseded_key(rid: str) -> str:
     return f"{_REQ}{rid}.superseded"
+
+
+def invalidated_key(rid: str) -> str:
+    return f"{_REQ}{rid}.invalidated"
 
 
 def encode_time(t: datetime | None) -> str | None:
@@ -213,6 +218,12 @@ def encode_request(r: RequestRecord) -> str:
     }
     if r.holders is not None:
         data["holders"] = list(r.holders)
+    if r.checks:
+        data["checks"] = [c.to_dict() for c in r.checks]
+    if r.digest is not None:
+        data["digest"] = r.digest
+    if r.changes is not None:
+        data["changes"] = dict(r.changes)
     if r.break_glass:
         data["break_glass"] = True
         data["review_by"] = None if r.review_by is None else _ts(r.review_by)
@@ -246,6 +257,32 @@ def _holders(f: _Fields) -> tuple[str, ...] | None:
     if not isinstance(raw, list) or not all(isinstance(v, str) and v.isdigit() for v in raw):
         raise f._bad("holders", "a list of version numbers")
     return tuple(raw)
+
+
+def _checks(f: _Fields) -> tuple[Any, ...]:
+    raw = f.data.get("checks")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise f._bad("checks", "a list of check results")
+    from mlflow_approvals.checks import CheckResult
+
+    try:
+        return tuple(CheckResult.from_dict(item) for item in raw)
+    except ValueError as exc:
+        raise MalformedFact(f"{f.what}: field 'checks': {exc}") from None
+
+
+def _changes(f: _Fields) -> dict[str, Any] | None:
+    raw = f.data.get("changes")
+    if raw is None:
+        return None
+    from mlflow_approvals.changes import check_diff
+
+    try:
+        return check_diff(raw)
+    except ValueError as exc:
+        raise MalformedFact(f"{f.what}: field 'changes': {exc}") from None
 
 
 def decode_request(name: str, version: str, value: str) -> RequestRecord:
@@ -285,6 +322,9 @@ def decode_request(name: str, version: str, value: str) -> RequestRecord:
         break_glass=f.flag("break_glass"),
         review_by=f.opt_time("review_by"),
         holders=_holders(f),
+        checks=_checks(f),
+        digest=f.opt_text("digest"),
+        changes=_changes(f),
     )
 
 
@@ -299,6 +339,7 @@ def encode_signoff(s: SignOff) -> str:
             "comment": s.comment,
             "time": _ts(s.time),
             "event": s.event,
+            **({"digest": s.digest} if s.digest is not None else {}),
         }
     )
 
@@ -318,6 +359,7 @@ def decode_signoff(value: str) -> SignOff:
         time=f.time("time"),
         display_name=f.opt_text("display_name"),
         event=f.opt_text("event"),
+        digest=f.opt_text("digest"),
     )
 
 
@@ -357,6 +399,7 @@ class VersionFacts:
         self.expired: dict[str, Ending] = {}
         self.emergency: dict[str, Ending] = {}
         self.superseded: dict[str, Ending] = {}
+        self.invalidated: dict[str, Ending] = {}
         self.malformed: dict[str, str] = {}
         """Reserved keys whose value is not a fact as written by mlflow-approvals: key -> why."""
         self.index = tags.get(INDEX_KEY)
@@ -370,6 +413,7 @@ class VersionFacts:
             "expired": self.expired,
             "breakglass": self.emergency,
             "superseded": self.superseded,
+            "invalidated": self.invalidated,
         }
         for key, value in tags.items():
             if not is_reserved(key) or key == INDEX_KEY:
@@ -422,6 +466,7 @@ class VersionFacts:
             expired=self.expired.get(rid),
             emergency=self.emergency.get(rid) if self.requests[rid].break_glass else None,
             superseded=self.superseded.get(rid),
+            invalidated=self.invalidated.get(rid),
         )
 
     def all_requests(self, now: datetime) -> list[ApprovalRequest]:
@@ -442,6 +487,7 @@ class VersionFacts:
                 (expired_key(rid), self.expired.get(rid)),
                 (breakglass_key(rid), self.emergency.get(rid)),
                 (superseded_key(rid), self.superseded.get(rid)),
+                (invalidated_key(rid), self.invalidated.get(rid)),
             ):
                 if ending is not None:
                     yield key, ending.event
@@ -484,6 +530,7 @@ def request_facts(request: ApprovalRequest) -> dict[str, str]:
         (expired_key(rid), request.expired),
         (breakglass_key(rid), request.emergency),
         (superseded_key(rid), request.superseded),
+        (invalidated_key(rid), request.invalidated),
     ):
         if ending is not None:
             facts[key] = encode_ending(ending)

@@ -79,6 +79,7 @@ PROBLEMS = (
 UNANCHORED_TYPES = frozenset(
     {
         "attempt.denied",
+        "checks.failed",
         "change.detected",
         "registry.changed",
         "registry.unchanged",

@@ -33,6 +33,7 @@ ACTIONS: dict[str, str] = {
     "list": "GET",
     "reconcile": "POST",
     "break-glass": "POST",
+    "check": "GET",
 }
 
 __all__ = ["ACTIONS", "API_BASE", "decode_request", "encode_request", "rest_path"]

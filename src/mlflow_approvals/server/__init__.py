@@ -65,7 +65,11 @@ def create_app(app: Any = None) -> Any:
 
     from mlflow.server.handlers import _get_model_registry_store
 
-    engine = Engine(Registry(_get_model_registry_store), server_audit_store(), policy)
+    from mlflow_approvals.server.sources import ServerEvidence
+
+    audit = server_audit_store()
+    evidence = ServerEvidence(audit.server_tracking, _get_model_registry_store)
+    engine = Engine(Registry(_get_model_registry_store), audit, policy, evidence=evidence)
     gate = Gate(engine, settings)
     prefix = os.environ.get("_MLFLOW_STATIC_PREFIX", "")  # mlflow.server.STATIC_PREFIX_ENV_VAR
 

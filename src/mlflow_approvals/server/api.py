@@ -18,6 +18,7 @@ list       GET     name, status (default pending; "all" for every status)
 reconcile  POST    name: record and report changes made around the gate
 break-glass POST   name, version, stage or alias, reason: apply at once (an emergency, by a
                    role the rule names), then review by the rule's levels
+check      GET     name, version, stage or alias: a dry run of the rule's checks (the report)
 =========  ======  =====================================================================
 
 Each answer is one request in its wire form (:mod:`mlflow_approvals.wire`), or ``requests``
@@ -72,6 +73,7 @@ def register(app: Flask, engine: Engine, settings: ServerSettings, prefix: str =
         "break-glass": lambda actor, p: engine.break_glass(
             actor, *_version_of(p), _target(p), _text(p, "reason", required=False)
         ),
+        "check": lambda actor, p: engine.check(*_version_of(p), _target(p)).to_dict(),
     }
     for action, method in wire.ACTIONS.items():
         view = _view(action, handlers[action], settings)
@@ -179,6 +181,9 @@ def _error(exc: Any) -> Response:
         status = 409
     body = json.loads(exc.serialize_as_json())
     body["mlflow_approvals_error"] = type(exc).__name__
+    results = getattr(exc, "results", None)
+    if results is not None:  # ChecksFailed: every check, as the dry run reports them
+        body["checks"] = results.to_dict()
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
