@@ -543,8 +543,11 @@ class _ClientEvidence:
     def files(self, mv: ModelVersion) -> Any:
         from mlflow_approvals.evidence import ArtifactFiles
 
-        uri = self.client.get_model_version_download_uri(mv.name, str(mv.version))
-        return ArtifactFiles.from_uri(uri, str(self.client._tracking_client.tracking_uri))
+        # Through the registry client: MlflowClient's method first reads the registered model
+        # (to refuse prompts), a round trip the version we already hold makes unnecessary.
+        registry = self.client._get_registry_client()  # type: ignore[no-untyped-call]
+        uri = registry.get_model_version_download_uri(mv.name, str(mv.version))
+        return ArtifactFiles.from_uri(str(uri), str(self.client._tracking_client.tracking_uri))
 
 
 class _Local:
