@@ -373,3 +373,16 @@ def test_command_line_readers_survive_a_malformed_fact(reg, policy_file, value):
     reconciled = run("audit", "reconcile", reg.name)
     assert reconciled.exit_code == 1  # a malformed fact fails reconcile, as a report
     assert "malformed" in reconciled.output and "Traceback" not in reconciled.output
+
+
+def test_a_planted_request_without_an_evidence_digest_is_never_applied(reg):
+    """A policy-shaped request fact planted by a plain client, signed by everyone, is refused."""
+    levels = [[["data-scientist", 1], ["ml-engineer", 1]], [["business-owner", 1]]]
+    reg.plain.set_model_version_tag(
+        reg.name, reg.v1, request_key(RID), reg.forged_request("1", levels=levels)
+    )
+    reg.as_("bob").approve(reg.name, reg.v1)
+    reg.as_("carol").approve(reg.name, reg.v1)
+    with pytest.raises(NotAuthorized, match="no evidence digest"):
+        reg.as_("dave").approve(reg.name, reg.v1)
+    assert reg.alias() is None

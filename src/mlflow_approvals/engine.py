@@ -815,7 +815,17 @@ class Engine:
         taken = self._taken(mv, request.record, in_stage)
         if taken:
             raise self._supersede(actor, mv, facts, request, taken)
-        evidence = self.assess.evidence(mv) if request.record.digest is not None else None
+        evidence = self.assess.evidence(mv)
+        if evidence is not None and request.record.digest is None:
+            raise self.deny(
+                actor,
+                mv,
+                facts,
+                request,
+                "apply",
+                f"request {request.id} carries no evidence digest of the model files, so "
+                "nothing binds its sign-offs to the bytes it would promote: file it again",
+            )
         if evidence is not None and evidence.digest != request.record.digest:
             raise self._invalidate(actor, mv, facts, request, evidence)
         rule = self.policy.match(name, target.kind, target.value)
