@@ -18,6 +18,10 @@ from typing import Any
 from mlflow_approvals.testing import EXAMPLE_POLICY
 
 DEMO_POLICY: dict[str, Any] = copy.deepcopy(EXAMPLE_POLICY)
+DEMO_POLICY["rules"][0]["checks"] = [
+    {"metric": "val_auc", "min": 0.9},
+    {"artifact": "README.md"},
+]
 
 
 class _Story:
@@ -43,7 +47,9 @@ class _Story:
 def _register(client: Any, root: Path, name: str) -> str:
     exp_id = client.create_experiment("demo-models", artifact_location=str(root / "models"))
     run = client.create_run(exp_id, run_name="train-fraud-model")
+    client.log_metric(run.info.run_id, "val_auc", 0.94)
     client.log_text(run.info.run_id, "artifact_path: model\nflavors: {}\n", "model/MLmodel")
+    client.log_text(run.info.run_id, "# fraud-model\nmodel card\n", "model/README.md")
     client.set_terminated(run.info.run_id)
     client.create_registered_model(name)
     mv = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)
@@ -71,12 +77,19 @@ def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = Non
     echo(f"registry: {uri}")
     echo("policy: promoting fraud-* to Production (or @champion) needs, in order,")
     echo("        level 1: one data-scientist and one ml-engineer; level 2: one business-owner")
+    echo("        checks first: val_auc >= 0.9 on the source run, and a README.md model card")
     echo("        people: alice, bob (data-scientist); carol, erin (ml-engineer);")
     echo("                dave, frank (business-owner); root (admin: may cancel any request)")
 
     story.chapter("A data scientist registers a new version of fraud-model.")
     version = _register(as_("alice"), root, name)
     story.say(f"registered {name} version {version}")
+
+    story.chapter("A CI job runs the policy's checks before anyone is asked to sign.")
+    checked = as_("alice").check(name, version, stage="Production")
+    for line in checked.lines():
+        story.say(line)
+    story.check(checked.passed, "every check passes (`mlflow-approvals check` exits 0)")
 
     story.chapter("Alice asks MLflow to move it to Production, as she always has.")
     try:
@@ -88,6 +101,7 @@ def run_demo(echo: Callable[[str], None] = print, tracking_uri: str | None = Non
     except ApprovalPending as pending:
         request = pending.request
         story.say(f"ApprovalPending: {request.describe()}")
+        story.say(f"signatures will be bound to the model files: {request.digest}")
     stage = as_("alice").get_model_version(name, version).current_stage
     story.check(stage == "None", f"nothing changed yet: the version is still in stage {stage}")
 
