@@ -288,3 +288,22 @@ def test_custom_checks_from_entry_points_gate_the_filing(env, install_checks):
     assert "the fairness service is down" in info.value.results.results[0].detail
     env.policy["rules"][0]["checks"] = [{"custom": "fair", "threshold": 0.9}]
     assert env.as_("alice").request_alias(env.name, v, "champion").checks[0].passed
+
+
+def test_server_invalidates_a_request_whose_files_changed(approvals_server: ApprovalsServer):
+    """On the server, a model file changed after filing invalidates the request at the apply."""
+    name = unique_name("checked")
+    with signed_in("alice"):
+        v, run_id = make_version(approvals_server.uri, name)
+    alice = ApprovalClient(
+        approvals_server.uri, approvals_server.uri, server_auth=("alice", PASSWORD)
+    )
+    alice.request_transition(name, v, "Production")
+    (readme,) = (approvals_server.server.root / "artifacts").rglob(f"{run_id}/**/README.md")
+    readme.write_text("# another model card\n")
+    bob = ApprovalClient(approvals_server.uri, approvals_server.uri, server_auth=("bob", PASSWORD))
+    with pytest.raises(InvalidRequest, match="invalidated"):
+        bob.approve(name, v)
+    assert bob.get_request(name, v).status is Status.INVALIDATED
+    with signed_in("bob"):
+        assert MlflowClient(approvals_server.uri).get_model_version(name, v).current_stage == "None"
