@@ -35,6 +35,8 @@ naming the file, the field path and the problem, and saying what to do:
   key, a metric check without ``min`` or ``max`` or with ``min`` above ``max``, an artifact
   path that is absolute or goes up a folder, more than :data:`~.checks.MAX_CHECKS` checks in
   a rule.
+* a notification (``notifications:``, see ``docs/notifications.md``) with an unknown key, a
+  url that is not http:// or https://, or a name another one already uses.
 
 The file itself is refused, with the same error, when it is larger than
 :data:`MAX_POLICY_BYTES`, not UTF-8, not valid YAML or JSON, repeats a key in one mapping or
@@ -75,6 +77,7 @@ from pydantic import (
 )
 
 from mlflow_approvals.checks import ALLOWED_KEYS, MAX_CHECKS, CheckSpec, kind_problem
+from mlflow_approvals.notify import Subscription
 
 __all__ = [
     "ENV_VAR",
@@ -338,8 +341,15 @@ class Policy(BaseModel):
     admins: tuple[NonEmptyStr, ...] = ()
     rules: tuple[Rule, ...] = ()
     default: Literal["allow", "deny"] = "allow"
+    notifications: tuple[Subscription, ...] = ()
 
     _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("notifications", mode="before")
+    @classmethod
+    def _no_notifications(cls, value: Any) -> Any:
+        """Read ``notifications:`` with nothing under it (YAML's null) as none."""
+        return () if value is None else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Policy:
@@ -366,6 +376,8 @@ class Policy(BaseModel):
                 rule.pop("break_glass", None)
             if not rule.get("checks"):
                 rule.pop("checks", None)
+        if not dumped.get("notifications"):  # nor does one without notifications
+            dumped.pop("notifications", None)
         canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -509,6 +521,17 @@ def _consistency_problems(policy: Policy) -> Iterator[tuple[Loc, str]]:
         else:
             first_by_name[rule.name] = index
         yield from _rule_problems(policy.roles, index, rule)
+
+    first_by_name = {}
+    for index, sub in enumerate(policy.notifications):
+        if sub.name in first_by_name:
+            yield (
+                ("notifications", index, "name"),
+                f"notification name {sub.name!r} is already used by "
+                f"notifications[{first_by_name[sub.name]}]: give each subscription its own name",
+            )
+        else:
+            first_by_name[sub.name] = index
 
 
 def _rule_problems(
@@ -894,7 +917,7 @@ def _validate(data: Any, where: str) -> Policy:
     if not isinstance(data, Mapping):
         raise PolicyInvalid(
             f"{where}: the top level must be a mapping with the keys roles, admins, rules, "
-            f"default; found {type(data).__name__}"
+            f"default, notifications; found {type(data).__name__}"
         )
     _check_shape(data, where)
     try:
@@ -925,6 +948,7 @@ _ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
     "policy": tuple(Policy.model_fields),
     "rule": tuple(Rule.model_fields),
     "requirement": tuple(Requirement.model_fields),
+    "subscription": tuple(Subscription.model_fields),
 }
 
 
@@ -1017,13 +1041,16 @@ def _check_loc(loc: Loc) -> tuple[Loc, str | None]:
 
 
 def _model_at(loc: Loc) -> str:
-    """Which model sits at ``loc``: ``policy``, ``rule``, ``requirement`` or ``""``."""
+    """Which model sits at ``loc``: ``policy``, ``rule``, ``requirement``, ``subscription``
+    or ``""``."""
     if loc == ():
         return "policy"
     if len(loc) == 2 and loc[0] == "rules":
         return "rule"
     if len(loc) == 5 and loc[0] == "rules" and loc[2] == "levels":
         return "requirement"
+    if len(loc) == 2 and loc[0] == "notifications":
+        return "subscription"
     return ""
 
 
