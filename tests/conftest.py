@@ -288,3 +288,60 @@ def install_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     for module in modules:
         sys.modules.pop(module, None)
     importlib.invalidate_caches()
+
+
+class Receiver:
+    """A real HTTP receiver on a free loopback port (a threaded ``http.server``): it records
+    every POST and answers ``fail_first`` 500s before its 200s."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.fail_first = fail_first
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.received.append((dict(self.headers.items()), body))
+                status = 500 if len(outer.received) <= outer.fail_first else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(body) for _, body in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A loopback webhook receiver that answers 200."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (a port just closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"

@@ -49,6 +49,7 @@ EVENT_TYPES: dict[str, str] = {
     "request.superseded": "supersession",
     "request.invalidated": "invalidation",
     "checks.failed": "failed checks",
+    "notification.failed": "failed notification",
     "stage.transitioned": "application",
     "version.archived": "application",
     "alias.set": "application",

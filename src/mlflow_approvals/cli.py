@@ -1308,6 +1308,63 @@ def policy_explain(settings: Settings, model: str, stage: str | None, alias: str
 
 
 # ------------------------------------------------------------------------- demo ----------
+@main.group()
+def notify() -> None:
+    """The policy's notifications (webhooks, Slack)."""
+
+
+@notify.command(name="test")
+@click.option("--subscription", metavar="NAME", help="Only this subscription (default: all).")
+@_pass
+def notify_test(settings: Settings, subscription: str | None) -> None:
+    """Send a test notification to the policy's subscriptions and print each outcome.
+
+    Reads the policy of --policy / MLFLOW_APPROVALS_POLICY, and the signing secrets from the
+    environment variables it names. Exits 0 when every delivery succeeded, 1 otherwise.
+    """
+    import getpass
+    from datetime import datetime, timezone
+
+    from mlflow_approvals.notify import Notice, Notifier
+
+    if settings.policy is None:
+        raise Failure("no policy: pass --policy FILE or set MLFLOW_APPROVALS_POLICY", "NoPolicy")
+    pol = _load_policy(settings.policy)
+    subs = [s for s in pol.notifications if subscription in (None, s.name)]
+    if not subs:
+        names = ", ".join(s.name for s in pol.notifications) or "none"
+        raise Failure(
+            f"no subscription {'named ' + repr(subscription) if subscription else ''} in the "
+            f"policy (its notifications: {names}): add one under `notifications:`",
+            "NoSubscription",
+        )
+    failures: list[str] = []
+    notifier = Notifier(subs, lambda sub, notice, error: failures.append(f"{sub.name}: {error}"))
+    actor = settings.actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    notice = Notice(
+        type="notification.test",
+        name="(test)",
+        version=None,
+        actor=actor,
+        display_name=None,
+        time=datetime.now(timezone.utc),
+        comment="a test notification from mlflow-approvals",
+    )
+    outcomes = [notifier.send(sub, notice) for sub in subs]
+    doc = {"outcomes": [o.__dict__ for o in outcomes]}
+
+    def human() -> list[str]:
+        return [
+            f"{o.subscription}: "
+            + (f"delivered (HTTP {o.status})" if o.delivered else f"FAILED: {o.error}")
+            + f"  delivery {o.delivery_id}"
+            for o in outcomes
+        ]
+
+    settings.out(doc, human)
+    _finish(EXIT_OK if all(o.delivered for o in outcomes) else EXIT_ERROR)
+
+
 @main.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:

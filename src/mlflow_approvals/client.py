@@ -87,6 +87,7 @@ class ApprovalClient(MlflowClient):
             audit or AuditStore(self),
             loaded,
             evidence=_ClientEvidence(self),
+            ui_base=_ui_base(str(self._tracking_client.tracking_uri)),
         )
 
     # ------------------------------------------------------------------ who and what -------
@@ -521,6 +522,11 @@ class ApprovalClient(MlflowClient):
                 f"tag key {key!r} is under the reserved prefix '{T.PREFIX}', which only "
                 "mlflow-approvals writes: use request_transition/request_alias/approve instead"
             )
+
+
+def _ui_base(tracking_uri: str) -> str | None:
+    """The MLflow UI of a tracking server (it serves its UI at its own address)."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else None
 
 
 class _ClientEvidence:

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
     from mlflow_approvals.checks import CheckReport
     from mlflow_approvals.evidence import Evidence
+    from mlflow_approvals.notify import Notifier
 
 _log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[\w\-]{1,255}$")
@@ -228,6 +229,35 @@ def _assessed(
     return found
 
 
+def _event_of(type: str, request: ApprovalRequest) -> str | None:
+    """The hash of the audit event a notice reports, where a fact holds it."""
+    if type == "request.created":
+        return request.record.event
+    if type.startswith("signoff.") and request.signoffs:
+        return max(request.signoffs, key=lambda s: s.time).event
+    for ending in (
+        request.applied,
+        request.cancelled,
+        request.expired,
+        request.superseded,
+        request.invalidated,
+    ):
+        if ending is not None:
+            return ending.event
+    return request.record.event
+
+
+def _ui_link(base: str | None, name: str, version: str) -> str | None:
+    """The model version's page in the MLflow UI."""
+    import os
+    from urllib.parse import quote as url_quote
+
+    base = os.environ.get("MLFLOW_APPROVALS_UI_URL") or base
+    if not base:
+        return None
+    return f"{base.rstrip('/')}/#/models/{url_quote(name, safe='')}/versions/{version}"
+
+
 class Engine:
     """The approval lifecycle over a registry port and an audit sink, under a policy.
 
@@ -238,6 +268,8 @@ class Engine:
         clock: the time source (UTC, millisecond precision); tests pass their own.
         evidence: where the checks and the evidence digest read a version's run and files
             (None: no checks can pass, and requests carry no digest).
+        ui_base: the MLflow UI's address, for links in notifications (None: no link unless
+            ``MLFLOW_APPROVALS_UI_URL`` is set).
     """
 
     def __init__(
@@ -247,6 +279,7 @@ class Engine:
         policy: Policy,
         clock: Callable[[], datetime] = utcnow,
         evidence: EvidenceSource | None = None,
+        ui_base: str | None = None,
     ) -> None:
         from mlflow_approvals.assess import Assessor
 
@@ -255,6 +288,9 @@ class Engine:
         self.policy = policy
         self.clock = clock
         self.assess = Assessor(evidence, registry, lambda: self.clock())
+        self.ui_base = ui_base
+        self._notifier: Notifier | None = None
+        self._notifier_for: Any = None
 
     # ------------------------------------------------------------------ gating ------------
     def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
@@ -337,7 +373,7 @@ class Engine:
         # on this version may write "idle" between our read and our fact (see architecture.md).
         self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
         facts.index = T.INDEX_PENDING
-        return facts.request(record.id, now)
+        return self._announce("request.created", facts.request(record.id, now), actor, comment)
 
     def break_glass(
         self,
@@ -416,7 +452,7 @@ class Engine:
         facts.requests[record.id] = record
         facts.emergency[record.id] = ending
         facts.index = T.INDEX_PENDING
-        return facts.request(record.id, now)
+        return self._announce(event_kind(target), facts.request(record.id, now), actor, reason)
 
     def _new_record(
         self,
@@ -533,6 +569,7 @@ class Engine:
         )
         facts.signoffs.setdefault(request.id, []).append(signoff)
         after = facts.request(request.id, now)
+        kind = "signoff.approved" if decision == "approve" else "signoff.rejected"
         if after.status is Status.REJECTED:
             self._settle_index(mv, facts)
         elif (
@@ -544,6 +581,7 @@ class Engine:
             # the sign-offs that complete the policy together also apply it.
             mv, facts = self.read(name, version)
             after = facts.request(request.id, self.clock())
+        self._announce(kind, after, actor, comment)
         if after.status is Status.APPROVED:
             return self._apply(actor, mv, facts, after)
         return after
@@ -588,7 +626,8 @@ class Engine:
         self._write_tag(name, version, T.cancel_key(request.id), T.encode_ending(ending))
         facts.cancelled[request.id] = ending
         self._settle_index(mv, facts)
-        return facts.request(request.id, self.clock())
+        done = facts.request(request.id, self.clock())
+        return self._announce("request.cancelled", done, actor, comment)
 
     def apply(
         self, actor: Actor, name: str, version: str, request_id: str | None
@@ -873,7 +912,8 @@ class Engine:
         else:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)
-        return facts.request(request.id, self.clock())
+        done = facts.request(request.id, self.clock())
+        return self._announce(event_kind(target), done, actor, None)
 
     def _complete_review(
         self, actor: Actor, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest
@@ -899,7 +939,88 @@ class Engine:
         else:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)
-        return facts.request(request.id, self.clock())
+        done = facts.request(request.id, self.clock())
+        return self._announce("breakglass.reviewed", done, actor, None)
+
+    # ------------------------------------------------------------------ notifications -----
+    @property
+    def notifier(self) -> Notifier | None:
+        """Delivers the policy's notifications (None when it subscribes nothing)."""
+        subscriptions = self.policy.notifications
+        if not subscriptions:
+            return None
+        if self._notifier is None or self._notifier_for is not subscriptions:
+            from mlflow_approvals.notify import Notifier
+
+            self._notifier = Notifier(subscriptions, self._notification_failed)
+            self._notifier_for = subscriptions
+        return self._notifier
+
+    def _announce(
+        self, type: str, request: ApprovalRequest, actor: Actor, comment: str | None
+    ) -> ApprovalRequest:
+        """Tell the subscriptions that want it what just happened; return ``request``.
+
+        Never raises, and waits at most the notifier's budget: a notification does not fail
+        or hold up the step it reports (a failed delivery is audited instead).
+        """
+        notifier = self.notifier
+        if notifier is None:
+            return request
+        try:
+            from mlflow_approvals.notify import Notice
+
+            target = request.record.target
+            notifier.publish(
+                Notice(
+                    type=type,
+                    name=request.name,
+                    version=request.version,
+                    actor=actor.id,
+                    display_name=actor.display_name,
+                    time=self.clock(),
+                    request_id=request.id or None,
+                    target={"kind": target.kind, "value": target.value, "action": target.action},
+                    status=request.status.value,
+                    comment=comment,
+                    missing=tuple({"role": m.role, "count": m.count} for m in request.missing),
+                    next=self._next_signers(request),
+                    event=_event_of(type, request),
+                    link=_ui_link(self.ui_base, request.name, request.version),
+                )
+            )
+            notifier.flush()
+        except Exception as exc:  # a notification never breaks a step
+            _log.warning("could not notify %s on %s: %s", type, request.name, exc)
+        return request
+
+    def _next_signers(self, request: ApprovalRequest) -> dict[str, Any] | None:
+        """Who may sign the open level now: each role still needed, with its eligible members."""
+        if request.status is not Status.PENDING or request.open_level is None:
+            return None
+        signed = {s.actor for s in request.signoffs}
+        excluded = signed | ({request.requester} if request.record.separation_of_duties else set())
+        roles = {
+            m.role: [p for p in self.policy.roles.get(m.role, ()) if p not in excluded]
+            for m in request.missing
+        }
+        return {"level": request.open_level, "roles": roles}
+
+    def _notification_failed(self, subscription: Any, notice: Any, error: str) -> None:
+        """Record a delivery that failed after its retries, so nothing is silently lost."""
+        event = make_event(
+            type="notification.failed",
+            name=notice.name,
+            version=notice.version,
+            actor=SYSTEM.id,
+            display_name=SYSTEM.display_name,
+            comment=f"notification '{subscription.name}' of {notice.type} failed: {error}",
+            request_id=notice.request_id,
+            policy_hash=self.policy.content_hash,
+            time=self.clock(),
+            extra={"subscription": subscription.name, "notice": notice.type},
+        )
+        self.audit.append(event)
 
     def _holders(self, mv: ModelVersion, target: Target) -> tuple[str, ...] | None:
         """The versions holding ``target`` now (None for the stages every version can be in)."""
@@ -956,6 +1077,7 @@ class Engine:
         if self._write_shared_fact(mv, T.superseded_key(request.id), T.encode_ending(ending)):
             facts.superseded[request.id] = ending
         self._settle_index(mv, facts)
+        self._announce("request.superseded", facts.request(request.id, now), actor, why)
         return InvalidRequest(why)
 
     def check(self, name: str, version: str, target: Target) -> CheckReport:
@@ -1031,6 +1153,7 @@ class Engine:
         if self._write_shared_fact(mv, T.invalidated_key(request.id), T.encode_ending(ending)):
             facts.invalidated[request.id] = ending
         self._settle_index(mv, facts)
+        self._announce("request.invalidated", facts.request(request.id, now), actor, why)
         return InvalidRequest(why)
 
     def _write_tag(self, name: str, version: str, key: str, value: str) -> None:
@@ -1078,6 +1201,7 @@ class Engine:
             ending = Ending(SYSTEM_ACTOR, deadline, None, digest)
             if self._write_shared_fact(mv, T.expired_key(rid), T.encode_ending(ending)):
                 facts.expired[rid] = ending
+                self._announce("request.expired", facts.request(rid, now), SYSTEM, None)
             self._settle_index(mv, facts)
 
     def _settle_index(self, mv: ModelVersion, facts: T.VersionFacts) -> None:

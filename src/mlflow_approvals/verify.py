@@ -80,6 +80,7 @@ UNANCHORED_TYPES = frozenset(
     {
         "attempt.denied",
         "checks.failed",
+        "notification.failed",
         "change.detected",
         "registry.changed",
         "registry.unchanged",
