@@ -23,7 +23,20 @@ if TYPE_CHECKING:
     from mlflow_approvals.policy import Rule
     from mlflow_approvals.ports import EvidenceSource, Registry
 
-__all__ = ["Assessor"]
+__all__ = ["Assessor", "run_or_none"]
+
+
+def run_or_none(get_run: Callable[[str], Any], run_id: str) -> Any | None:
+    """``get_run(run_id)``, or None when MLflow says there is no such run (other errors raise)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        return get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
 
 
 class Assessor:

@@ -405,12 +405,7 @@ class ApprovalClient(MlflowClient):
         by the rule's levels, due within the rule's ``review_within``: sign it with
         :meth:`approve` as usual. An overdue or rejected review fails :meth:`reconcile`.
         """
-        if (stage is None) == (alias is None):
-            raise InvalidRequest("pass exactly one target: stage=... or alias=...")
-        if stage is not None:
-            target = Target("stage", validate_stage(stage), "set", archive_existing_versions)
-        else:
-            target = Target("alias", validate_alias(alias or ""), "set")
+        target = _one_target(stage, alias, archive_existing_versions)
         return self._steps().break_glass(name, validate_version(version), target, reason)
 
     def check(
@@ -427,12 +422,7 @@ class ApprovalClient(MlflowClient):
         ``.passed`` and ``.results`` (each with ``.name``, ``.passed``, ``.detail``, and the
         value and threshold where there is one). No rule gates the target: no checks, passed.
         """
-        if (stage is None) == (alias is None):
-            raise InvalidRequest("pass exactly one target: stage=... or alias=...")
-        if stage is not None:
-            target = Target("stage", validate_stage(stage), "set", archive_existing_versions)
-        else:
-            target = Target("alias", validate_alias(alias or ""), "set")
+        target = _one_target(stage, alias, archive_existing_versions)
         return self._steps().check(name, validate_version(version), target)
 
     def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
@@ -524,6 +514,15 @@ class ApprovalClient(MlflowClient):
             )
 
 
+def _one_target(stage: str | None, alias: str | None, archive: bool) -> Target:
+    """The stage or the alias (set) a method names; InvalidRequest unless exactly one."""
+    if (stage is None) == (alias is None):
+        raise InvalidRequest("pass exactly one target: stage=... or alias=...")
+    if stage is not None:
+        return Target("stage", validate_stage(stage), "set", archive)
+    return Target("alias", validate_alias(alias or ""), "set")
+
+
 def _ui_base(tracking_uri: str) -> str | None:
     """The MLflow UI of a tracking server (it serves its UI at its own address)."""
     return tracking_uri if tracking_uri.startswith(("http://", "https://")) else None
@@ -536,15 +535,9 @@ class _ClientEvidence:
         self.client = client
 
     def run(self, run_id: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+        from mlflow_approvals.assess import run_or_none
 
-        try:
-            return self.client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                return None
-            raise
+        return run_or_none(self.client.get_run, run_id)
 
     def files(self, mv: ModelVersion) -> Any:
         from mlflow_approvals.evidence import ArtifactFiles

@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import AuditStore, deterministic_id, make_event
@@ -1060,25 +1060,16 @@ class Engine:
             f"now held by {held}, which did not hold it when the request was filed, so the "
             "approvals do not cover this state. Nothing was changed: request it again"
         )
-        now = self.clock()
-        digest = self.emit(
+        return self._end(
             actor,
             mv,
             facts,
-            "request.superseded",
             request,
-            event_id=deterministic_id(request.id, "superseded"),
-            time=now,
-            before={"status": request.status.value},
-            after={"status": "superseded", "held_by": taken},
-            comment=why,
+            "superseded",
+            why,
+            {"status": request.status.value},
+            {"status": "superseded", "held_by": taken},
         )
-        ending = Ending(actor.id, now, why, digest, actor.display_name)
-        if self._write_shared_fact(mv, T.superseded_key(request.id), T.encode_ending(ending)):
-            facts.superseded[request.id] = ending
-        self._settle_index(mv, facts)
-        self._announce("request.superseded", facts.request(request.id, now), actor, why)
-        return InvalidRequest(why)
 
     def check(self, name: str, version: str, target: Target) -> CheckReport:
         """A dry run: the checks the rule gating ``target`` demands, on ``name`` v``version``.
@@ -1136,24 +1127,48 @@ class Engine:
             f"{request.record.digest} when filed and signed, {evidence.digest} now), so the "
             "signatures are for other bytes. File the request again"
         )
+        return self._end(
+            actor,
+            mv,
+            facts,
+            request,
+            "invalidated",
+            why,
+            {"digest": request.record.digest},
+            {"digest": evidence.digest, "manifest": evidence.manifest},
+        )
+
+    def _end(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest,
+        how: Literal["superseded", "invalidated"],
+        why: str,
+        before: Any,
+        after: Any,
+    ) -> InvalidRequest:
+        """End an approved request unapplied (audit, fact, index, notice); return the error."""
         now = self.clock()
         digest = self.emit(
             actor,
             mv,
             facts,
-            "request.invalidated",
+            f"request.{how}",
             request,
-            event_id=deterministic_id(request.id, "invalidated"),
+            event_id=deterministic_id(request.id, how),
             time=now,
-            before={"digest": request.record.digest},
-            after={"digest": evidence.digest, "manifest": evidence.manifest},
+            before=before,
+            after=after,
             comment=why,
         )
         ending = Ending(actor.id, now, why, digest, actor.display_name)
-        if self._write_shared_fact(mv, T.invalidated_key(request.id), T.encode_ending(ending)):
-            facts.invalidated[request.id] = ending
+        key = T.superseded_key if how == "superseded" else T.invalidated_key
+        if self._write_shared_fact(mv, key(request.id), T.encode_ending(ending)):
+            (facts.superseded if how == "superseded" else facts.invalidated)[request.id] = ending
         self._settle_index(mv, facts)
-        self._announce("request.invalidated", facts.request(request.id, now), actor, why)
+        self._announce(f"request.{how}", facts.request(request.id, now), actor, why)
         return InvalidRequest(why)
 
     def _write_tag(self, name: str, version: str, key: str, value: str) -> None:

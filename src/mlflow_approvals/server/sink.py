@@ -225,24 +225,11 @@ class ServerTracking:
             )
 
             return get_artifact_repository(uri), None
-        from mlflow.server import handlers as _handlers
-
-        handlers: Any = _handlers  # its helpers carry no annotations
-
-        root: str | None = _proxied_path(uri)
-        # With --enable-workspaces the proxy handlers keep each workspace under
-        # `workspaces/<name>/`; the helper is a no-op otherwise (and absent from older MLflow).
-        scope = getattr(handlers, "_get_workspace_scoped_repo_path_if_enabled", None)
-        if scope is not None:
-            root = scope(root)
-        try:
-            repo = handlers._get_artifact_repo_mlflow_artifacts()
-        except KeyError as exc:  # the variable `mlflow server` sets is missing
-            raise _invalid(
-                f"run {run_id} keeps its artifacts at {uri}, but this process has no "
-                "--artifacts-destination (is it an `mlflow server` worker?)"
-            ) from exc
-        return repo, root or None
+        return _destination(
+            uri,
+            f"run {run_id} keeps its artifacts at {uri}, but this process has no "
+            "--artifacts-destination (is it an `mlflow server` worker?)",
+        )
 
     def local_artifact_dir(self, run_id: str) -> Path | None:
         """The run's artifact root as a local folder, when its repository is one, else None."""
@@ -397,22 +384,31 @@ def _server_files_at(uri: str) -> ArtifactFiles:
 
     if urlparse(uri).scheme != PROXIED_SCHEME:
         return ArtifactFiles.from_uri(uri)
+    repo, root = _destination(
+        uri,
+        f"{uri} is on the server's --artifacts-destination, but this process has none "
+        "(is it an `mlflow server` worker?)",
+    )
+    return ArtifactFiles(repo, root or "")
+
+
+def _destination(uri: str, missing: str) -> tuple[Any, str | None]:
+    """The ``--artifacts-destination`` repository and the root in it of an ``mlflow-artifacts:``
+    URI, as MLflow's proxy handlers resolve it; ``missing`` is the error when there is none."""
     from mlflow.server import handlers as _handlers
 
     handlers: Any = _handlers  # its helpers carry no annotations
     root: str | None = _proxied_path(uri)
-    # As in ServerTracking._locate: workspaces keep their artifacts under `workspaces/<name>/`.
+    # With --enable-workspaces the proxy handlers keep each workspace under
+    # `workspaces/<name>/`; the helper is a no-op otherwise (and absent from older MLflow).
     scope = getattr(handlers, "_get_workspace_scoped_repo_path_if_enabled", None)
     if scope is not None:
         root = scope(root)
     try:
         repo = handlers._get_artifact_repo_mlflow_artifacts()
     except KeyError as exc:  # the variable `mlflow server` sets is missing
-        raise _invalid(
-            f"{uri} is on the server's --artifacts-destination, but this process has none "
-            "(is it an `mlflow server` worker?)"
-        ) from exc
-    return ArtifactFiles(repo, root or "")
+        raise _invalid(missing) from exc
+    return repo, root or None
 
 
 def server_model_files(download_uri: str) -> ArtifactFiles:

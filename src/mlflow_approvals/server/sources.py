@@ -23,15 +23,9 @@ class ServerEvidence:
         self.registry_store = registry_store
 
     def run(self, run_id: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+        from mlflow_approvals.assess import run_or_none
 
-        try:
-            return self.tracking.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                return None
-            raise
+        return run_or_none(self.tracking.get_run, run_id)
 
     def files(self, mv: ModelVersion) -> Any:
         from mlflow_approvals.server.sink import server_model_files
