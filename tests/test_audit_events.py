@@ -14,7 +14,14 @@ from mlflow import MlflowClient
 
 from conftest import register_versions, unique_name
 from mlflow_approvals import ApprovalClient, InvalidRequest, NotAuthorized
-from mlflow_approvals.audit import DEFAULT_EXPERIMENT, MODEL_TAG, TYPE_PREFIX, canonical
+from mlflow_approvals.audit import (
+    DEFAULT_EXPERIMENT,
+    MODEL_TAG,
+    TYPE_PREFIX,
+    canonical,
+    event_path,
+    make_event,
+)
 from mlflow_approvals.lifecycle import format_history
 from mlflow_approvals.tags import PREFIX
 
@@ -396,3 +403,18 @@ def test_export_refuses_an_unknown_format(local, tmp_path):
     with pytest.raises(InvalidRequest, match="jsonl"):
         local.as_("x").export_audit(name, tmp_path / "out", format="csv")
     assert not (tmp_path / "out").exists()
+
+
+def test_event_times_sort_as_text_even_on_a_whole_second():
+    """An event stamped on a whole second still sorts before one later in that second."""
+    from datetime import datetime, timezone
+
+    whole = datetime(2026, 11, 30, 12, 0, 5, tzinfo=timezone.utc)
+    later = whole.replace(microsecond=300_000)
+    first, second = (
+        make_event(type="request.created", name="m", version="1", actor="a", time=t)
+        for t in (whole, later)
+    )
+    assert first["time"] == "2026-11-30T12:00:05.000000Z"
+    assert first["time"] < second["time"]
+    assert event_path(first, "a" * 64) < event_path(second, "a" * 64)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,10 @@ def test_report_to_dict_has_a_stable_shape():
 # -- against a real sqlite registry ---------------------------------------------------------
 
 
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class Registry:
     """A sqlite registry with one model whose version 1 went through a full approval."""
 
@@ -249,7 +254,7 @@ class Registry:
     def files(self, version: str = "1") -> list[Path]:
         """The version's event files, oldest first."""
         found = sorted((self.events_dir() / f"v{version}").glob("*.json"))
-        return sorted(found, key=lambda p: json.loads(p.read_bytes())["time"])
+        return sorted(found, key=lambda p: _when(json.loads(p.read_bytes())["time"]))
 
     def by_type(self, kind: str, version: str = "1") -> list[Path]:
         return [p for p in self.files(version) if json.loads(p.read_bytes())["type"].endswith(kind)]

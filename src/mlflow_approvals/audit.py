@@ -20,7 +20,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,13 @@ def deterministic_id(*parts: str) -> str:
 
 
 def _ts(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
+    """A fixed-width UTC time: microseconds always present, so the text sorts as the time does.
+
+    ``isoformat()`` drops the fraction when it is zero, and "...:05Z" sorts after
+    "...:05.3Z": an event stamped on a whole second would read as the newest of its second.
+    """
+    utc = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def make_event(
