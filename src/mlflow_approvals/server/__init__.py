@@ -34,7 +34,7 @@ def create_app(app: Any = None) -> Any:
     from mlflow_approvals.errors import PolicyError
     from mlflow_approvals.policy import load_policy
     from mlflow_approvals.ports import Registry
-    from mlflow_approvals.server import api
+    from mlflow_approvals.server import api, web
     from mlflow_approvals.server.gate import Gate
     from mlflow_approvals.server.settings import SettingsError, read_settings
     from mlflow_approvals.server.sink import server_audit_store
@@ -80,6 +80,7 @@ def create_app(app: Any = None) -> Any:
     else:
         served = _served(flask_app)
     api.register(flask_app, engine, settings, prefix)
+    web.register(flask_app, engine, settings, prefix)  # the pages, behind the same auth
     flask_app.before_request(gate.before_request)
     flask_app.after_request(gate.after_request)
     if served is flask_app:
