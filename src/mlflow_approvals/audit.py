@@ -61,6 +61,10 @@ EVENT_TYPES: dict[str, str] = {
     "access.changed": "user or permission change",
     "registry.unchanged": "direct change failed",
     "gate.bypassed": "change past the gate (report mode)",
+    "intent.abandoned": "abandoned intent",
+    "sagemaker.pending": "SageMaker package held for approval",
+    "sagemaker.approved": "SageMaker package approval",
+    "sagemaker.rejected": "SageMaker package rejection",
 }
 
 
@@ -153,6 +157,15 @@ DELETED_MODEL_TAG = DELETED_TAG_PREFIX + "model"
 def deletion_tag(version: str | None) -> str:
     """The audit-run tag anchoring the recorded deletion of ``version`` (None: the model)."""
     return DELETED_MODEL_TAG if version is None else f"{DELETED_TAG_PREFIX}v{version}"
+
+
+# The audit-run tags that anchor a recorded abandonment (see AuditStore.anchor_abandonment).
+ABANDONED_TAG_PREFIX = "mlflow_approvals.abandoned."
+
+
+def abandonment_tag(version: str, orphan: str) -> str:
+    """The audit-run tag anchoring the abandonment of event ``orphan`` of ``version``."""
+    return f"{ABANDONED_TAG_PREFIX}v{version}.{orphan}"
 
 
 class AuditStore:
@@ -314,6 +327,43 @@ class AuditStore:
             if type(exc).__name__ == "AuditUnavailable":
                 raise
             raise _unavailable(name, exc) from exc
+
+    def anchor_abandonment(self, name: str, version: str, orphan: str, digest: str) -> None:
+        """Anchor the ``intent.abandoned`` event ``digest`` that records event ``orphan`` of
+        ``version`` of model ``name`` as never having taken effect.
+
+        The tag, :func:`abandonment_tag`, goes to the model's audit run, keyed by the orphan's
+        hash: one key per abandoned event, so concurrent reconcilers write the same key (one
+        event delivered twice), and, like a deletion anchor, it outlives the version. Call it
+        after the event is stored. Raises ``AuditUnavailable`` when it cannot be written.
+        """
+        if not str(version).isdigit():
+            raise ValueError(f"not a model version number: {version!r}")
+        for h in (orphan, digest):
+            if not isinstance(h, str) or not _SHA256_HEX.match(h):
+                raise ValueError(f"not the SHA-256 hash of an audit event: {h!r}")
+        try:
+            self._client.set_tag(self.writer_run(name), abandonment_tag(version, orphan), digest)
+        except Exception as exc:
+            if type(exc).__name__ == "AuditUnavailable":
+                raise
+            raise _unavailable(name, exc) from exc
+
+    def abandonment_anchors(self, name: str) -> dict[str, set[str]]:
+        """The recorded abandonments of model ``name``: the hash of each ``intent.abandoned``
+        event an audit-run tag holds -> {"v<version>:<tag key>"} (the form of a fact anchor).
+
+        One ``get_run`` per audit run; empty when the model has no audit run.
+        """
+        found: dict[str, set[str]] = {}
+        for run_id in self.run_ids(name, create=False):
+            tags = self._client.get_run(run_id).data.tags or {}
+            for key, value in tags.items():
+                if not key.startswith(ABANDONED_TAG_PREFIX + "v"):
+                    continue
+                version = key[len(ABANDONED_TAG_PREFIX) + 1 :].split(".", 1)[0]
+                found.setdefault(str(value), set()).add(f"v{version}:{key}")
+        return found
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, name: str, dest: str | os.PathLike[str]) -> list[tuple[str, bytes]]:

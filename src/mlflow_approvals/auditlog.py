@@ -50,7 +50,8 @@ class AuditLog:
     files: list[tuple[str, bytes]]
     """Every event file, as (artifact path, bytes) pairs."""
     anchors: dict[str, set[str]]
-    """hash -> {"v<version>:<fact key>"}: the hashes the versions' fact tags hold."""
+    """hash -> {"v<version>:<fact key>"}: the hashes the versions' fact tags hold, and the
+    recorded abandonments (``v<version>:mlflow_approvals.abandoned.*`` tags of the audit run)."""
     versions: list[ModelVersion]
     """The model's versions as read last (the registry now)."""
     live_versions: frozenset[str]
@@ -75,6 +76,9 @@ def read_log(ports: Ports, name: str) -> AuditLog:
     """
     first = ports.registry.versions_of(name)
     anchors = collect_anchors(name, first)
+    # Abandonments (reconcile writes the event, then its audit-run tag): read before the files.
+    for h, where in ports.audit.abandonment_anchors(name).items():
+        anchors.setdefault(h, set()).update(where)
     with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
         files = ports.audit.read(name, tmp)
     if not first and not files:

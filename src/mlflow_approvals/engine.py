@@ -326,6 +326,7 @@ class Engine:
         self._record_expiries(mv, facts, now)
         for existing in facts.all_requests(now):
             if existing.is_open and existing.record.target == target:
+                self._settle_index(mv, facts)  # a crash may have lost it after the request fact
                 return existing
         self._check_not_already(mv, target)
         report = self.assess.checks(rule, mv, target)
@@ -570,9 +571,9 @@ class Engine:
         facts.signoffs.setdefault(request.id, []).append(signoff)
         after = facts.request(request.id, now)
         kind = "signoff.approved" if decision == "approve" else "signoff.rejected"
-        if after.status is Status.REJECTED:
-            self._settle_index(mv, facts)
-        elif (
+        if after.status in (Status.REJECTED, Status.PENDING):
+            self._settle_index(mv, facts)  # pending: writes only an index a crash lost
+        if (
             after.status is Status.PENDING
             and decision == "approve"
             and verdict.level == len(request.levels)

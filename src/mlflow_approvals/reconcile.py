@@ -11,10 +11,11 @@ import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow_approvals import tags as T
+from mlflow_approvals.abandon import ABANDON_AFTER, Intent, abandoned_hashes, settle_intents
 from mlflow_approvals.audit import (
     TYPE_PREFIX,
     deterministic_id,
@@ -24,6 +25,7 @@ from mlflow_approvals.auditlog import read_log
 from mlflow_approvals.lifecycle import SYSTEM, Status
 from mlflow_approvals.verify import (
     VALID,
+    VerifyReport,
     ordered_events,
     verify_events,
 )
@@ -93,6 +95,12 @@ class ReconcileReport:
     def bypassed(self) -> tuple[Change, ...]:
         """The changes that needed an approval under the policy and did not get one."""
         return tuple(c for c in self.changes if c.gated)
+    abandoned: tuple[Intent, ...] = ()
+    """Events written before an effect that never happened (a crash), recorded now as
+    ``intent.abandoned``: a normal outcome, which does not fail the report."""
+    unsettled: tuple[Intent, ...] = ()
+    """Unanchored events left alone: too young (their step may be in flight), or the registry
+    shows their effect (finish the step)."""
 
     @property
     def ok(self) -> bool:
@@ -116,9 +124,20 @@ class ReconcileReport:
         return text
 
     @property
+        if self.abandoned:
+            n = len(self.abandoned)
+            text += f"; {n} abandoned {'intent' if n == 1 else 'intents'} recorded"
+        if self.unsettled:
+            n = len(self.unsettled)
+            text += f"; {n} unanchored {'intent' if n == 1 else 'intents'} left for now"
     def lines(self) -> list[str]:
         changed = [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
-        return changed + [f"REVIEW   {c}" for c in self.reviews]
+        return (
+            changed
+            + [f"REVIEW   {c}" for c in self.reviews]
+            + [f"ABANDONED  {i}" for i in self.abandoned]
+            + [f"UNSETTLED  {i}" for i in self.unsettled]
+        )
 
     def __str__(self) -> str:
         return "\n".join([*self.lines, self.summary])
@@ -138,6 +157,8 @@ class ReconcileReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            abandoned=tuple(Intent(**i) for i in d.get("abandoned", [])),
+            unsettled=tuple(Intent(**i) for i in d.get("unsettled", [])),
             "name": self.name,
             "summary": self.summary,
             "log_ok": self.log_ok,
@@ -150,6 +171,8 @@ class ReconcileReport:
 
 @dataclass
 class _Expected:
+            "abandoned": [i.to_dict() for i in self.abandoned],
+            "unsettled": [i.to_dict() for i in self.unsettled],
     """The registry state the log accounts for, and the event each part rests on."""
 
     stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
@@ -233,7 +256,9 @@ def _odd_tags(name: str, mv: ModelVersion) -> list[tuple[str, str]]:
     return odd
 
 
-def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
+def reconcile_model(
+    ports: Ports, name: str, *, abandon_after: timedelta = ABANDON_AFTER
+) -> ReconcileReport:
     """Compare the audit log of ``name`` with the live registry; record and report every change
     that did not come through an approval.
 
@@ -254,6 +279,10 @@ def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
         (line.hash, event)
         for event, line in ordered_events(files, report)
         if line.status == VALID or line.problem == "orphaned"
+
+    An unanchored lifecycle event at least ``abandon_after`` old whose effect the registry does
+    not show is recorded as ``intent.abandoned`` (:mod:`mlflow_approvals.abandon`); events so
+    recorded are never replayed.
     ]
     state = replay(ordered)
     named = {p for _, event in ordered for p in event["data"].get("parents", [])}
@@ -261,6 +290,9 @@ def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
     heads -= named
 
     live_aliases = {
+    # An abandoned event never took effect: left out before one delivery per id is chosen.
+    gone = abandoned_hashes(files, report)
+    kept = [(path, raw) for path, raw in files if path not in _paths_of(report, gone)]
         str(a): str(v) for a, v in (ports.registry.get_registered_model(name).aliases or {}).items()
     }
     found: list[tuple[Change, ModelVersion | None, str]] = []
@@ -274,6 +306,10 @@ def reconcile_model(ports: Ports, name: str) -> ReconcileReport:
         expected_v, basis = state.aliases.get(alias, (None, "initial"))
         actual_v = live_aliases.get(alias)
         if expected_v != actual_v:
+    abandoned, unsettled = settle_intents(
+        ports, name, files, report, by_version, live_aliases, abandon_after
+    )
+    settled = {i.event for i in abandoned}
             held = actual_v or expected_v
             found.append(
                 (
@@ -312,8 +348,59 @@ def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) 
             if r.review_failed:
                 by = r.record.review_by.isoformat() if r.record.review_by else "?"
                 actual = "review rejected" if r.status is Status.REJECTED else f"overdue since {by}"
+        abandoned=tuple(abandoned),
+        unsettled=tuple(unsettled),
                 found.append(Change("review", r.version, r.id, f"reviewed by {by}", actual))
     return found
+
+def _paths_of(report: VerifyReport, hashes: set[str]) -> set[str]:
+    """The files of the events with these hashes."""
+    return {line.path for line in report.events if line.hash in hashes and line.path}
+
+
+def _package_changes(
+    ports: Ports,
+    name: str,
+    versions: Mapping[str, ModelVersion],
+    expected: Mapping[str, tuple[str, str]],
+) -> list[tuple[Change, ModelVersion | None, str]]:
+    """Linked SageMaker packages whose approval status the log does not account for.
+
+    A package is linked by a request that recorded it, or by a version's link tag while a rule
+    with ``sagemaker:`` covers the model. One the log never moved is expected pending.
+    """
+    import fnmatch
+
+    rules = [
+        r
+        for r in ports.policy.rules
+        if r.sagemaker is not None and any(fnmatch.fnmatchcase(name, p) for p in r.models)
+    ]
+    if not rules:
+        return []
+    from mlflow_approvals.errors import InvalidRequest
+    from mlflow_approvals.sagemaker import LINK_TAG, PENDING, PackageGate, settings_for_arn
+
+    gate = getattr(ports, "packages", None) or PackageGate()
+    linked: dict[str, ModelVersion] = {}
+    for v, mv in sorted(versions.items(), key=lambda item: int(item[0])):
+        tags = mv.tags or {}
+        arns = [r.sagemaker_arn for r in T.VersionFacts(name, v, tags).requests.values()]
+        arns.append(tags.get(LINK_TAG))
+        for arn in arns:
+            if arn and T.MODEL_PACKAGE_ARN.fullmatch(arn):
+                linked.setdefault(arn, mv)
+    found: list[tuple[Change, ModelVersion | None, str]] = []
+    for arn, mv in linked.items():
+        status, basis = expected.get(arn, (PENDING, "initial"))
+        try:
+            actual = gate.status(settings_for_arn(arn, rules), arn)
+        except InvalidRequest:  # the package was deleted
+            actual = "(no such package)"
+        if actual != status:
+            found.append((Change("package", str(mv.version), arn, status, actual), mv, basis))
+    return found
+
 
 
 def _is_gated(ports: Ports, name: str, change: Change) -> bool:

@@ -112,6 +112,9 @@ class MlflowServer:
     """The number of server workers."""
     ready_after: float
     """Seconds from starting the process to the first healthy ``/health`` answer."""
+    pid: int = 0
+    """The server's process id, which is also its process group's (to stop it the hard way:
+    ``os.killpg(server.pid, signal.SIGKILL)``)."""
 
     @property
     def backend(self) -> str:
@@ -130,6 +133,7 @@ def mlflow_server(
     app_name: str | None = None,
     env: Mapping[str, str] | None = None,
     static_prefix: str | None = None,
+    port: int | None = None,
 ) -> Iterator[MlflowServer]:
     """Run a real ``mlflow server`` on a free loopback port for the duration of the block.
 
@@ -142,7 +146,9 @@ def mlflow_server(
 
     ``app_name`` starts an ``mlflow.app`` (``--app-name``; ``"approvals"`` for the approvals
     server), ``env`` adds environment variables for the server (its policy, basic-auth's
-    settings), and ``static_prefix`` serves everything under that path prefix.
+    settings), and ``static_prefix`` serves everything under that path prefix. ``port`` fixes the
+    port (default: a free one): a server restarted on the same ``root`` and ``port`` is the same
+    tracking URI and store.
 
     Yields once ``GET /health`` answers 200. On leaving the block the process group gets
     SIGTERM, then SIGKILL if it has not exited within 20 seconds.
@@ -160,7 +166,7 @@ def mlflow_server(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         backend = backend_store_uri or f"sqlite:///{folder / 'server.db'}"
-        port = free_port()
+        port = port or free_port()
         uri = f"http://{_LOOPBACK}:{port}"
         log = folder / "server.log"
         server_env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -205,6 +211,7 @@ def mlflow_server(
                 backend_store_uri=backend,
                 workers=workers,
                 ready_after=time.monotonic() - started,
+                pid=proc.pid,
             )
         finally:
             _stop(proc)

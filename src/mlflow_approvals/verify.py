@@ -74,6 +74,7 @@ PROBLEMS = (
     "broken link",
     "not anchored",
     "orphaned",  # last: a line whose problem is "orphaned" has no other (reconcile relies on it)
+    "contradicted",  # an abandonment of an event a fact holds (see _mark_abandoned)
 )
 # Event types that change no tag, so nothing can anchor them.
 UNANCHORED_TYPES = frozenset(
@@ -459,6 +460,39 @@ def verify_events(
         why = deleted.get(entry.version or "") if entry.event is not None else None
         if why:
             entry.problems.append(("orphaned", why))
+def _mark_abandoned(
+    entries: Sequence[_Entry],
+    by_content: Mapping[str, Sequence[_Entry]],
+    anchors: Mapping[str, Collection[str]],
+) -> None:
+    """Note the events an anchored ``intent.abandoned`` event records as never applied.
+
+    Such an event (``data.abandoned``, also its parent) was written and its step never took
+    effect (a crash): it is anchored through the abandonment, as the record of an intent and
+    of nothing that happened. An abandonment of an event a fact tag holds is ``contradicted``:
+    that step did take effect.
+    """
+    for entry in entries:
+        if entry.type != "intent.abandoned" or not entry.anchored or not entry.intact:
+            continue
+        target = entry.data.get("abandoned")
+        if not isinstance(target, str) or target not in entry.parents:
+            continue
+        if target in anchors:
+            held = ", ".join(sorted(anchors[target]))
+            entry.problems.append(
+                (
+                    "contradicted",
+                    f"contradicted: it records {target[:12]} as never applied, but {held} holds "
+                    "that event, so its step took effect (recorded while the step was in "
+                    "flight, or planted)",
+                )
+            )
+            continue
+        for abandoned in by_content.get(target, ()):
+            abandoned.note = f"(abandoned by {entry.digest[:12]}: it never took effect)"
+
+
 
     anchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
     for entry in entries:
@@ -528,6 +562,10 @@ def verify_events(
     for entry in entries:
         for p in entry.parents:
             if p not in present:
+    for entry in entries:
+        if entry.digest not in reached:
+            _check_canonical(entry)
+    _mark_abandoned(entries, by_content, anchors)
                 named_by.setdefault(p, []).append(entry)
     missing = sorted({h for h in anchors if h not in present} | set(named_by))
     for h in missing:
