@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import itertools
 import os
 import sys
@@ -24,8 +25,16 @@ import pytest
 from mlflow_approvals import testing
 from mlflow_approvals.testing import EXAMPLE_POLICY, MlflowServer, register_versions
 
-__all__ = ["POLICY", "Server", "postgres_available", "register_versions", "unique_name"]
+__all__ = [
+    "MLFLOW_MAJOR",
+    "POLICY",
+    "Server",
+    "postgres_available",
+    "register_versions",
+    "unique_name",
+]
 
+MLFLOW_MAJOR = int(importlib.metadata.version("mlflow").split(".")[0])  # 2 in `make compat`
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 _counter = itertools.count(1)
@@ -216,6 +225,27 @@ def _fresh_sqlite(template: Path, folder: Path) -> str:
 def sqlite_uri(tmp_path: Path, _sqlite_template: Path) -> str:
     """A fresh `sqlite:///` registry in a temp folder."""
     return _fresh_sqlite(_sqlite_template, tmp_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run a `tracking_uri` test against the session server only where the REST path differs.
+
+    ApprovalClient drives one engine over one registry adapter whatever the store; what the
+    REST path changes (errors over HTTP, `mlflow-artifacts:` files, search over REST, tags
+    round-tripped through JSON) is pinned by the tests marked `rest`, which keep their
+    `[server]` variant. MLFLOW_APPROVALS_ALL_STORES=1 runs every `[server]` variant.
+    """
+    if os.environ.get("MLFLOW_APPROVALS_ALL_STORES") == "1":
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_server = params.get("tracking_uri") == "server"
+        (dropped if on_server and item.get_closest_marker("rest") is None else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(params=["sqlite", "server"])

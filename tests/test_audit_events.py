@@ -108,6 +108,7 @@ def assert_required_fields(event: dict[str, Any], name: str, mv: Any, policy_has
 # -- each kind of event ---------------------------------------------------------------------
 
 
+@pytest.mark.rest
 def test_promotion_writes_request_signoff_apply_and_archive_events(env):
     """A full promotion writes request, three sign-offs, the apply, and one archive event."""
     name, (old, new) = env.model(count=2)
@@ -221,6 +222,7 @@ def test_expiry_event_is_a_system_event(env):
     assert env.as_("x").verify_audit(name).ok
 
 
+@pytest.mark.rest
 def test_alias_set_and_deleted_events(env):
     """Setting and deleting a gated alias are audited with the alias before and after."""
     name, (v,) = env.model()
@@ -244,6 +246,7 @@ def test_alias_set_and_deleted_events(env):
     assert env.as_("x").reconcile(name).ok
 
 
+@pytest.mark.rest
 def test_refused_attempts_are_audited_and_change_no_tag(env):
     """Self-approval, a missing role and an out-of-turn sign-off are audited; no tag changes."""
     name, (v,) = env.model()

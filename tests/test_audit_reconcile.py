@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from conftest import register_versions, unique_name
+from conftest import MLFLOW_MAJOR, register_versions, unique_name
 from mlflow_approvals import ApprovalClient
 from mlflow_approvals.audit import TYPE_PREFIX
 
@@ -58,6 +58,7 @@ def local(sqlite_uri: str, policy_dict: dict[str, Any]) -> Env:
     return Env(sqlite_uri, policy_dict)
 
 
+@pytest.mark.rest
 def test_plain_stage_change_is_reported_recorded_and_not_repeated(env):
     """A stage changed by a plain MlflowClient is reported, audited, and reported only once."""
     name, (v,) = env.model()
@@ -85,6 +86,7 @@ def test_plain_stage_change_is_reported_recorded_and_not_repeated(env):
     assert env.as_("auditor").verify_audit(name).ok
 
 
+@pytest.mark.rest
 def test_plain_alias_change_is_reported_once(env):
     """An alias set, then moved, by a plain MlflowClient is reported each time, once."""
     name, (v1, v2) = env.model(count=2)
@@ -128,9 +130,11 @@ def test_deleting_an_approved_version_is_reported_with_its_alias(local):
     local.promote(name, v1, alias="champion")
     local.plain.delete_model_version(name, v1)
     report = local.as_("auditor").reconcile(name)
+    # MLflow 3 drops the version's aliases; MLflow 2.x leaves the alias naming the deleted version.
+    alias_gone = [("alias", v1, "champion", v1, None)] if MLFLOW_MAJOR >= 3 else []
     assert [(c.what, c.version, c.key, c.expected, c.actual) for c in report.changes] == [
         ("version", v1, None, "exists", "deleted"),
-        ("alias", v1, "champion", v1, None),
+        *alias_gone,
     ]
     assert local.as_("auditor").reconcile(name).ok
     # Its deletion was never recorded: verify fails on every event of it (docs/audit.md).

@@ -47,6 +47,7 @@ def test_break_glass_applies_at_once_and_opens_a_review(env: Env) -> None:
     assert review.emergency is not None and review.emergency.actor == "root"
 
 
+@pytest.mark.rest
 def test_break_glass_is_audited_and_the_log_verifies(env: Env) -> None:
     """The emergency change is an anchored stage.transitioned event marked break-glass."""
     v = env.versions[0]

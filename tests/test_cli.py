@@ -144,6 +144,7 @@ def test_request_pending_exits_3_with_level_view(cli: Cli, make_model: Callable[
     ]
 
 
+@pytest.mark.rest
 def test_signoffs_apply_and_status_exits_0(
     cli: Cli, make_model: Callable[..., Any], tracking_uri: str
 ) -> None:
@@ -287,6 +288,7 @@ def test_usage_errors_exit_2(local_cli: Cli) -> None:
         assert result.stdout == ""
 
 
+@pytest.mark.rest
 def test_expected_errors_exit_1_without_traceback(cli: Cli, make_model: Callable[..., Any]) -> None:
     """A refused sign-off or unknown version exits 1 with one message; --json adds an error doc."""
     name, (version,) = make_model()
@@ -433,6 +435,7 @@ def test_audit_verify_passes_then_catches_tampering(
     assert "INVALID" in human.stdout and human.exit_code == EXIT_ERROR
 
 
+@pytest.mark.rest
 def test_audit_export_writes_every_event(
     cli: Cli, make_model: Callable[..., Any], tmp_path: Path
 ) -> None:

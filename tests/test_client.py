@@ -55,6 +55,7 @@ def sign_level_one(as_: Factory, name: str, version: str) -> None:
 # -- gating -----------------------------------------------------------------------------
 
 
+@pytest.mark.rest
 def test_gated_transition_raises_pending_and_changes_nothing(as_, plain, make_model):
     """A gated stage transition files a request, raises ApprovalPending, and leaves the stage."""
     name, (v,) = make_model()
@@ -76,6 +77,7 @@ def test_pending_is_not_a_promotion_for_mlflowclient_callers(as_, make_model):
     assert info.value.get_http_status_code() == 409
 
 
+@pytest.mark.rest
 def test_ungated_target_behaves_like_mlflowclient(as_, plain, make_model):
     """A stage no rule gates is changed at once, exactly as MlflowClient would."""
     name, (v,) = make_model()
@@ -120,6 +122,7 @@ def test_default_deny_refuses_unmatched_target(tracking_uri, policy_dict, plain,
     assert plain.get_model_version(name, v).current_stage == "None"
 
 
+@pytest.mark.rest
 def test_alias_set_is_gated_and_applied_after_signoff(as_, plain, make_model):
     """Setting a gated alias waits for sign-off, then points the alias at the version."""
     name, (v,) = make_model()
@@ -132,6 +135,7 @@ def test_alias_set_is_gated_and_applied_after_signoff(as_, plain, make_model):
     assert str(plain.get_model_version_by_alias(name, "champion").version) == v
 
 
+@pytest.mark.rest
 def test_alias_delete_is_gated(as_, plain, make_model):
     """Deleting a gated alias waits for sign-off on the version it points at, then deletes it."""
     name, (v,) = make_model()
@@ -155,6 +159,7 @@ def test_ungated_alias_is_set_directly(as_, plain, make_model):
 # -- the full cycle and its request view ---------------------------------------------------
 
 
+@pytest.mark.rest
 def test_full_cycle_applies_with_archive_existing(as_, plain, make_model):
     """The sign-off completing the last level applies the stage, archiving the old Production."""
     name, (old, new) = make_model(count=2)
@@ -209,6 +214,7 @@ def test_get_request_reads_back_the_same_request(as_, make_model):
     assert [s.actor for s in read.signoffs] == ["carol"]
 
 
+@pytest.mark.rest
 def test_list_requests_filters_by_status_and_model(as_, make_model):
     """list_requests returns pending requests by default, and others when asked."""
     name, (v1, v2) = make_model(count=2)
@@ -222,6 +228,7 @@ def test_list_requests_filters_by_status_and_model(as_, make_model):
     assert len(as_("x").list_requests(name, status=None)) == 2
 
 
+@pytest.mark.rest
 def test_list_requests_is_one_tag_query(as_, make_model, mocker):
     """Listing pending requests is a server-side tag query, never a read of every version."""
     name, (v,) = make_model()
@@ -423,12 +430,14 @@ def test_already_in_target_is_refused(as_, plain, make_model):
 # -- bad input ---------------------------------------------------------------------------
 
 
+@pytest.mark.rest
 def test_unknown_model_is_a_clear_error(as_):
     """A request for a model that does not exist names it and says what to check."""
     with pytest.raises(ModelVersionNotFound, match="does not exist"):
         as_("alice").request_transition("fraud-nope", 1, "Production")
 
 
+@pytest.mark.rest
 def test_unknown_version_is_a_clear_error_and_writes_nothing(as_, plain, make_model):
     """A request for a missing version is refused; the real version's tags are untouched."""
     name, (v,) = make_model()
@@ -444,6 +453,7 @@ def test_unknown_stage_is_a_clear_error(as_, make_model):
         as_("alice").request_transition(name, v, "Prod")
 
 
+@pytest.mark.rest
 def test_invalid_alias_is_a_clear_error(as_, make_model):
     """A malformed alias is refused before anything is written."""
     name, (v,) = make_model()
@@ -458,6 +468,7 @@ def test_unknown_alias_deletion_is_a_clear_error(as_, make_model):
         as_("alice").delete_registered_model_alias(name, "champion")
 
 
+@pytest.mark.rest
 def test_oversized_comment_is_refused_and_nothing_written(as_, plain, make_model):
     """A comment over 5,000 characters is refused with the limit in the message."""
     name, (v,) = make_model()
@@ -481,6 +492,7 @@ def test_unknown_request_id_is_request_not_found(as_, make_model):
         as_("bob").approve(name, v, request_id="0123456789ab")
 
 
+@pytest.mark.rest
 def test_reserved_tag_writes_are_refused(as_, plain, make_model):
     """Writing or deleting a tag under the reserved prefix through ApprovalClient is refused."""
     name, (v,) = make_model()
@@ -538,6 +550,7 @@ def test_actor_falls_back_to_os_user(monkeypatch, sqlite_uri):
     assert ApprovalClient(sqlite_uri, sqlite_uri).actor == getpass.getuser()
 
 
+@pytest.mark.rest
 def test_copied_version_does_not_inherit_requests(as_, plain, make_model):
     """copy_model_version copies tags, but a request belongs to the version it was filed on."""
     name, (v,) = make_model()

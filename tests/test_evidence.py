@@ -123,6 +123,7 @@ def test_manifest_lists_exactly_the_model_files(tracking_uri: str, tmp_path: Pat
     assert manifest(files) == {path: sha(data) for path, data in FILES.items()}
 
 
+@pytest.mark.rest
 def test_local_files_are_read_in_place_remote_ones_one_at_a_time(
     tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -145,6 +146,7 @@ def test_local_files_are_read_in_place_remote_ones_one_at_a_time(
         assert all(p.exists() and str(p).startswith(files.local_dir) for p in opened)
 
 
+@pytest.mark.rest
 def test_file_larger_than_a_chunk_is_hashed_whole(tracking_uri: str, tmp_path: Path) -> None:
     """A file of several 1 MiB chunks plus a few bytes hashes to the SHA-256 of all its bytes."""
     big = os.urandom(2 * CHUNK + CHUNK // 2 + 3)
@@ -286,6 +288,7 @@ def test_collect_refuses_a_model_without_files(tmp_path: Path) -> None:
 
 
 # -- download URIs in each setup ---------------------------------------------------------------
+@pytest.mark.rest
 def test_logged_model_version(global_uri: str, tmp_path: Path) -> None:
     """A version made from an MLflow 3 logged model reports its storage location; its files."""
     client = client_for(global_uri)
@@ -319,6 +322,7 @@ def test_alias_uri_and_moving_uris(tracking_uri: str, tmp_path: Path) -> None:
             ArtifactFiles.from_uri(moving, tracking_uri)
 
 
+@pytest.mark.rest
 def test_runs_uri_over_a_logged_model(tracking_uri: str, tmp_path: Path) -> None:
     """runs:/<run>/model of a run whose model was logged with MLflow 3 names that logged model."""
     client = client_for(tracking_uri)

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.utils.search_utils import SearchModelVersionUtils, SearchUtils, _like
 
-from conftest import PG_HOST, PG_PORT, postgres_available, register_versions, unique_name
+from conftest import (
+    MLFLOW_MAJOR,
+    PG_HOST,
+    PG_PORT,
+    postgres_available,
+    register_versions,
+    unique_name,
+)
 from mlflow_approvals import ApprovalClient, InvalidRequest
 from mlflow_approvals.audit import MODEL_TAG
 from mlflow_approvals.ports import (
@@ -34,6 +41,13 @@ from mlflow_approvals.ports import (
 from mlflow_approvals.tags import INDEX_KEY
 
 EXAMPLES = 500
+
+# MLflow 2.x's in-memory LIKE matcher (`_like`, which only its file store uses) turns a pattern
+# into a regular expression without escaping it, so it raises on "?" and cannot be the oracle.
+# The searches below run on the SQL stores, whose LIKE is checked against SQLite and PostgreSQL.
+regex_safe_like = pytest.mark.skipif(
+    MLFLOW_MAJOR < 3, reason="MLflow 2.x's in-memory LIKE matcher does not escape regex characters"
+)
 
 # Text that hits the characters the grammar treats specially far more often than st.text() does
 # (any code point a name can hold: no lone surrogates, which UTF-8 cannot carry).
@@ -68,6 +82,7 @@ def _selects(comparator: str, pattern: str, value: str) -> bool:
 # -- the filter builder, against MLflow's parser ------------------------------------------------
 
 
+@regex_safe_like
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(name=texts, value=texts)
 def test_version_filter_parses_back_to_each_value(name: str, value: str) -> None:
@@ -91,6 +106,7 @@ def test_version_filter_parses_back_to_each_value(name: str, value: str) -> None
     assert _parsed_value(parsed[2]) == ("LIKE", "%")
 
 
+@regex_safe_like
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(name=texts, other=texts)
 def test_run_filter_parses_back_to_each_value(name: str, other: str) -> None:

@@ -77,6 +77,7 @@ def test_mlflow_server_not_ready_in_time_raises_with_the_log(tmp_path: Path):
         pass  # pragma: no cover - never entered
 
 
+@pytest.mark.rest
 def test_register_versions_returns_string_versions_visible_to_mlflow(tracking_uri: str):
     """register_versions returns "1", "2": versions from finished runs with a model artifact."""
     name = unique_name()
