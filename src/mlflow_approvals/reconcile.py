@@ -90,17 +90,17 @@ class ReconcileReport:
     reviews: tuple[Change, ...] = ()
     """Break-glass changes whose review was rejected or is overdue (not recorded as events:
     they are read from the requests each time, and fail the report until the review is done)."""
-
-    @property
-    def bypassed(self) -> tuple[Change, ...]:
-        """The changes that needed an approval under the policy and did not get one."""
-        return tuple(c for c in self.changes if c.gated)
     abandoned: tuple[Intent, ...] = ()
     """Events written before an effect that never happened (a crash), recorded now as
     ``intent.abandoned``: a normal outcome, which does not fail the report."""
     unsettled: tuple[Intent, ...] = ()
     """Unanchored events left alone: too young (their step may be in flight), or the registry
     shows their effect (finish the step)."""
+
+    @property
+    def bypassed(self) -> tuple[Change, ...]:
+        """The changes that needed an approval under the policy and did not get one."""
+        return tuple(c for c in self.changes if c.gated)
 
     @property
     def ok(self) -> bool:
@@ -119,17 +119,17 @@ class ReconcileReport:
         if self.reviews:
             n = len(self.reviews)
             text += f"; {n} break-glass {'review' if n == 1 else 'reviews'} rejected or overdue"
-        if not self.log_ok:
-            text += "; the audit log does not verify: run verify_audit"
-        return text
-
-    @property
         if self.abandoned:
             n = len(self.abandoned)
             text += f"; {n} abandoned {'intent' if n == 1 else 'intents'} recorded"
         if self.unsettled:
             n = len(self.unsettled)
             text += f"; {n} unanchored {'intent' if n == 1 else 'intents'} left for now"
+        if not self.log_ok:
+            text += "; the audit log does not verify: run verify_audit"
+        return text
+
+    @property
     def lines(self) -> list[str]:
         changed = [f"{'CHANGED' if c.gated else 'UNGATED'}  {c}" for c in self.changes]
         return (
@@ -152,13 +152,13 @@ class ReconcileReport:
             events_replayed=int(d["events_replayed"]),
             log_ok=bool(d.get("log_ok", True)),
             reviews=tuple(Change(**c) for c in d.get("reviews", [])),
+            abandoned=tuple(Intent(**i) for i in d.get("abandoned", [])),
+            unsettled=tuple(Intent(**i) for i in d.get("unsettled", [])),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
-            abandoned=tuple(Intent(**i) for i in d.get("abandoned", [])),
-            unsettled=tuple(Intent(**i) for i in d.get("unsettled", [])),
             "name": self.name,
             "summary": self.summary,
             "log_ok": self.log_ok,
@@ -166,13 +166,13 @@ class ReconcileReport:
             "events_replayed": self.events_replayed,
             "changes": [c.to_dict() for c in self.changes],
             "reviews": [c.to_dict() for c in self.reviews],
+            "abandoned": [i.to_dict() for i in self.abandoned],
+            "unsettled": [i.to_dict() for i in self.unsettled],
         }
 
 
 @dataclass
 class _Expected:
-            "abandoned": [i.to_dict() for i in self.abandoned],
-            "unsettled": [i.to_dict() for i in self.unsettled],
     """The registry state the log accounts for, and the event each part rests on."""
 
     stages: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (stage, basis)
@@ -268,6 +268,10 @@ def reconcile_model(
     version the log never mentions is expected in stage ``None`` with no alias. Each difference
     is written as a ``change.detected`` event (before: what the log says; after: what the
     registry has), which becomes the expected state, so it is reported once.
+
+    An unanchored lifecycle event at least ``abandon_after`` old whose effect the registry does
+    not show is recorded as ``intent.abandoned`` (:mod:`mlflow_approvals.abandon`); events so
+    recorded are never replayed.
     """
     log = read_log(ports, name)
     files, anchors, versions = log.files, log.anchors, log.versions
@@ -275,14 +279,13 @@ def reconcile_model(
     report = verify_events(files, anchors, live_versions=log.live_versions, deletions=log.deletions)
     # The events of a version deleted without a recorded deletion ("orphaned", and nothing
     # else wrong) are replayed too, so that deletion is reported (and recorded once).
+    # An abandoned event never took effect: left out before one delivery per id is chosen.
+    gone = abandoned_hashes(files, report)
+    kept = [(path, raw) for path, raw in files if path not in _paths_of(report, gone)]
     ordered = [
         (line.hash, event)
-        for event, line in ordered_events(files, report)
+        for event, line in ordered_events(kept, report)
         if line.status == VALID or line.problem == "orphaned"
-
-    An unanchored lifecycle event at least ``abandon_after`` old whose effect the registry does
-    not show is recorded as ``intent.abandoned`` (:mod:`mlflow_approvals.abandon`); events so
-    recorded are never replayed.
     ]
     state = replay(ordered)
     named = {p for _, event in ordered for p in event["data"].get("parents", [])}
@@ -290,11 +293,12 @@ def reconcile_model(
     heads -= named
 
     live_aliases = {
-    # An abandoned event never took effect: left out before one delivery per id is chosen.
-    gone = abandoned_hashes(files, report)
-    kept = [(path, raw) for path, raw in files if path not in _paths_of(report, gone)]
         str(a): str(v) for a, v in (ports.registry.get_registered_model(name).aliases or {}).items()
     }
+    abandoned, unsettled = settle_intents(
+        ports, name, files, report, by_version, live_aliases, abandon_after
+    )
+    settled = {i.event for i in abandoned}
     found: list[tuple[Change, ModelVersion | None, str]] = []
     for v in sorted(state.known - set(by_version) - state.deleted, key=int):
         found.append((Change("version", v, None, "exists", "deleted"), None, "initial"))
@@ -306,10 +310,6 @@ def reconcile_model(
         expected_v, basis = state.aliases.get(alias, (None, "initial"))
         actual_v = live_aliases.get(alias)
         if expected_v != actual_v:
-    abandoned, unsettled = settle_intents(
-        ports, name, files, report, by_version, live_aliases, abandon_after
-    )
-    settled = {i.event for i in abandoned}
             held = actual_v or expected_v
             found.append(
                 (
@@ -334,9 +334,16 @@ def reconcile_model(
         tuple(recorded),
         len(by_version),
         len(ordered),
-        log_ok=report.ok,
+        log_ok=all(line.status == VALID or line.hash in settled for line in report.events),
         reviews=tuple(_failed_reviews(name, versions, ports.clock())),
+        abandoned=tuple(abandoned),
+        unsettled=tuple(unsettled),
     )
+
+
+def _paths_of(report: VerifyReport, hashes: set[str]) -> set[str]:
+    """The files of the events with these hashes."""
+    return {line.path for line in report.events if line.hash in hashes and line.path}
 
 
 def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) -> list[Change]:
@@ -348,59 +355,8 @@ def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) 
             if r.review_failed:
                 by = r.record.review_by.isoformat() if r.record.review_by else "?"
                 actual = "review rejected" if r.status is Status.REJECTED else f"overdue since {by}"
-        abandoned=tuple(abandoned),
-        unsettled=tuple(unsettled),
                 found.append(Change("review", r.version, r.id, f"reviewed by {by}", actual))
     return found
-
-def _paths_of(report: VerifyReport, hashes: set[str]) -> set[str]:
-    """The files of the events with these hashes."""
-    return {line.path for line in report.events if line.hash in hashes and line.path}
-
-
-def _package_changes(
-    ports: Ports,
-    name: str,
-    versions: Mapping[str, ModelVersion],
-    expected: Mapping[str, tuple[str, str]],
-) -> list[tuple[Change, ModelVersion | None, str]]:
-    """Linked SageMaker packages whose approval status the log does not account for.
-
-    A package is linked by a request that recorded it, or by a version's link tag while a rule
-    with ``sagemaker:`` covers the model. One the log never moved is expected pending.
-    """
-    import fnmatch
-
-    rules = [
-        r
-        for r in ports.policy.rules
-        if r.sagemaker is not None and any(fnmatch.fnmatchcase(name, p) for p in r.models)
-    ]
-    if not rules:
-        return []
-    from mlflow_approvals.errors import InvalidRequest
-    from mlflow_approvals.sagemaker import LINK_TAG, PENDING, PackageGate, settings_for_arn
-
-    gate = getattr(ports, "packages", None) or PackageGate()
-    linked: dict[str, ModelVersion] = {}
-    for v, mv in sorted(versions.items(), key=lambda item: int(item[0])):
-        tags = mv.tags or {}
-        arns = [r.sagemaker_arn for r in T.VersionFacts(name, v, tags).requests.values()]
-        arns.append(tags.get(LINK_TAG))
-        for arn in arns:
-            if arn and T.MODEL_PACKAGE_ARN.fullmatch(arn):
-                linked.setdefault(arn, mv)
-    found: list[tuple[Change, ModelVersion | None, str]] = []
-    for arn, mv in linked.items():
-        status, basis = expected.get(arn, (PENDING, "initial"))
-        try:
-            actual = gate.status(settings_for_arn(arn, rules), arn)
-        except InvalidRequest:  # the package was deleted
-            actual = "(no such package)"
-        if actual != status:
-            found.append((Change("package", str(mv.version), arn, status, actual), mv, basis))
-    return found
-
 
 
 def _is_gated(ports: Ports, name: str, change: Change) -> bool:

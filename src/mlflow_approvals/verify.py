@@ -73,8 +73,8 @@ PROBLEMS = (
     "missing",
     "broken link",
     "not anchored",
-    "orphaned",  # last: a line whose problem is "orphaned" has no other (reconcile relies on it)
     "contradicted",  # an abandonment of an event a fact holds (see _mark_abandoned)
+    "orphaned",  # last: a line whose problem is "orphaned" has no other (reconcile relies on it)
 )
 # Event types that change no tag, so nothing can anchor them.
 UNANCHORED_TYPES = frozenset(
@@ -379,6 +379,39 @@ def _orphan_reason(
     )
 
 
+def _mark_abandoned(
+    entries: Sequence[_Entry],
+    by_content: Mapping[str, Sequence[_Entry]],
+    anchors: Mapping[str, Collection[str]],
+) -> None:
+    """Note the events an anchored ``intent.abandoned`` event records as never applied.
+
+    Such an event (``data.abandoned``, also its parent) was written and its step never took
+    effect (a crash): it is anchored through the abandonment, as the record of an intent and
+    of nothing that happened. An abandonment of an event a fact tag holds is ``contradicted``:
+    that step did take effect.
+    """
+    for entry in entries:
+        if entry.type != "intent.abandoned" or not entry.anchored or not entry.intact:
+            continue
+        target = entry.data.get("abandoned")
+        if not isinstance(target, str) or target not in entry.parents:
+            continue
+        if target in anchors:
+            held = ", ".join(sorted(anchors[target]))
+            entry.problems.append(
+                (
+                    "contradicted",
+                    f"contradicted: it records {target[:12]} as never applied, but {held} holds "
+                    "that event, so its step took effect (recorded while the step was in "
+                    "flight, or planted)",
+                )
+            )
+            continue
+        for abandoned in by_content.get(target, ()):
+            abandoned.note = f"(abandoned by {entry.digest[:12]}: it never took effect)"
+
+
 def _line(entry: _Entry) -> ReportLine:
     """The report line of one file: its most severe problem first, every reason listed."""
     problems = sorted(entry.problems, key=lambda p: PROBLEMS.index(p[0]))
@@ -448,6 +481,7 @@ def verify_events(
     for h in reached:
         for entry in by_content.get(h, ()):
             entry.anchored = True
+    _mark_abandoned(entries, by_content, anchors)
 
     # Events of versions that do not exist: only a recorded, anchored deletion accounts for them.
     deleted: dict[str, str | None] = {}  # version -> why its events are orphaned (None: not)
@@ -460,39 +494,6 @@ def verify_events(
         why = deleted.get(entry.version or "") if entry.event is not None else None
         if why:
             entry.problems.append(("orphaned", why))
-def _mark_abandoned(
-    entries: Sequence[_Entry],
-    by_content: Mapping[str, Sequence[_Entry]],
-    anchors: Mapping[str, Collection[str]],
-) -> None:
-    """Note the events an anchored ``intent.abandoned`` event records as never applied.
-
-    Such an event (``data.abandoned``, also its parent) was written and its step never took
-    effect (a crash): it is anchored through the abandonment, as the record of an intent and
-    of nothing that happened. An abandonment of an event a fact tag holds is ``contradicted``:
-    that step did take effect.
-    """
-    for entry in entries:
-        if entry.type != "intent.abandoned" or not entry.anchored or not entry.intact:
-            continue
-        target = entry.data.get("abandoned")
-        if not isinstance(target, str) or target not in entry.parents:
-            continue
-        if target in anchors:
-            held = ", ".join(sorted(anchors[target]))
-            entry.problems.append(
-                (
-                    "contradicted",
-                    f"contradicted: it records {target[:12]} as never applied, but {held} holds "
-                    "that event, so its step took effect (recorded while the step was in "
-                    "flight, or planted)",
-                )
-            )
-            continue
-        for abandoned in by_content.get(target, ()):
-            abandoned.note = f"(abandoned by {entry.digest[:12]}: it never took effect)"
-
-
 
     anchored_by_key: dict[tuple[str, str], list[_Entry]] = {}
     for entry in entries:
@@ -562,10 +563,6 @@ def _mark_abandoned(
     for entry in entries:
         for p in entry.parents:
             if p not in present:
-    for entry in entries:
-        if entry.digest not in reached:
-            _check_canonical(entry)
-    _mark_abandoned(entries, by_content, anchors)
                 named_by.setdefault(p, []).append(entry)
     missing = sorted({h for h in anchors if h not in present} | set(named_by))
     for h in missing:
