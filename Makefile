@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench clean compat
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,29 @@ demo: $(STAMP)
 
 ## test: install what the tests need, check style and types, run the suite
 test: $(STAMP) lint
+	@$(BIN)/python -c "import mlflow; print('MLflow', mlflow.__version__)"
 	@$(BIN)/python -m pytest -q
+
+## compat: the core client, audit and CLI tests on the oldest MLflow line claimed (2.22), in its
+## own virtual environment (`make test` runs on the newest MLflow 3.x that pip resolves)
+COMPAT_VENV ?= .venv-mlflow2
+COMPAT_PINS ?= "mlflow[auth]==2.22.*" "sqlalchemy<2.1"
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+COMPAT_TESTS := tests/test_client.py tests/test_lifecycle.py tests/test_policy.py \
+	tests/test_audit_events.py tests/test_audit_intent.py tests/test_audit_verify.py \
+	tests/test_audit_reconcile.py tests/test_verify_hostile.py tests/test_facts_hostile.py \
+	tests/test_hardening.py tests/test_names.py tests/test_break_glass.py \
+	tests/test_cli.py tests/test_cli_render.py
+
+$(COMPAT_STAMP): pyproject.toml Makefile
+	@test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	@$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" $(COMPAT_PINS)
+	@rm -f $(COMPAT_VENV)/.installed-* && touch $@
+
+compat: $(COMPAT_STAMP)
+	@$(COMPAT_VENV)/bin/python -c "import mlflow; print('MLflow', mlflow.__version__)"
+	@$(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
@@ -35,4 +57,4 @@ bench: $(STAMP)
 	@$(BIN)/python benchmarks/server.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import os
 import posixpath
 import re
@@ -57,6 +56,8 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 import rfc8785
+
+from mlflow_approvals.artifacts import repository
 
 __all__ = [
     "CHUNK",
@@ -119,7 +120,7 @@ class ArtifactFiles:
         """
 
         def files_at(location: str) -> ArtifactFiles:
-            return cls(_repository(location, tracking_uri))
+            return cls(repository(location, tracking_uri))
 
         if urlparse(uri).scheme not in _INDIRECT:
             return files_at(uri)
@@ -213,23 +214,6 @@ class ArtifactFiles:
         if len(data) > limit:
             raise _invalid(f"{rel} in {self.location} is larger than {limit:,} bytes.")
         return data.decode("utf-8")
-
-
-def _repository(uri: str, tracking_uri: str | None) -> Any:
-    """MLflow's artifact repository for the storage location ``uri``."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    if tracking_uri is None:
-        return get_artifact_repository(uri)
-    if "tracking_uri" in inspect.signature(get_artifact_repository).parameters:
-        return get_artifact_repository(uri, tracking_uri=tracking_uri)
-    # Older MLflow takes no tracking URI: resolve mlflow-artifacts: against ours first.
-    if urlparse(uri).scheme == "mlflow-artifacts":
-        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
-
-        proxied: Any = MlflowArtifactsRepository  # its methods carry no annotations
-        uri = proxied.resolve_uri(uri, tracking_uri)
-    return get_artifact_repository(uri)
 
 
 # -- resolving runs:/ and models:/ URIs ------------------------------------------------------

@@ -265,13 +265,15 @@ def register_versions(tracking_uri: str, name: str, count: int = 1) -> list[str]
     """
     from mlflow import MlflowClient
 
+    from mlflow_approvals.artifacts import log_text, run_repository
+
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model(name)
     exp_id = _model_experiment(client, tracking_uri)
     versions = []
     for _ in range(count):
         run = client.create_run(exp_id)
-        client.log_text(run.info.run_id, "artifact_path: model\n", "model/MLmodel")
+        log_text(run_repository(client, run.info.run_id), "artifact_path: model\n", "model/MLmodel")
         client.set_terminated(run.info.run_id)
         mv = client.create_model_version(
             name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
