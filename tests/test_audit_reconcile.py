@@ -214,6 +214,8 @@ def test_report_to_dict_has_a_stable_shape(local):
         "events_replayed",
         "changes",
         "reviews",
+        "abandoned",
+        "unsettled",
     }
     (change,) = data["changes"]
     assert set(change) == {"what", "version", "key", "expected", "actual", "event", "gated"}
