@@ -30,7 +30,7 @@ COMPAT_TESTS := tests/test_client.py tests/test_lifecycle.py tests/test_policy.p
 	tests/test_audit_events.py tests/test_audit_intent.py tests/test_audit_verify.py \
 	tests/test_audit_reconcile.py tests/test_verify_hostile.py tests/test_facts_hostile.py \
 	tests/test_hardening.py tests/test_names.py tests/test_break_glass.py \
-	tests/test_cli.py tests/test_cli_render.py
+	tests/test_cli.py tests/test_cli_render.py tests/test_server_version.py
 
 $(COMPAT_STAMP): pyproject.toml Makefile
 	@test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)

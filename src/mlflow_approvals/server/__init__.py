@@ -21,14 +21,38 @@ import logging
 import os
 from typing import Any
 
-__all__ = ["create_app"]
+__all__ = ["MINIMUM_MLFLOW", "check_mlflow_version", "create_app"]
 
 _log = logging.getLogger(__name__)
 
 
+# The gate is keyed by the route table of the MLflow it runs in, and the route-coverage test
+# pins that table on the MLflow the suite runs: older lines are not claimed (docs/server.md).
+MINIMUM_MLFLOW = (3, 17)
+
+
+def check_mlflow_version(version: str) -> None:
+    """Refuse to serve on an MLflow older than :data:`MINIMUM_MLFLOW` (SystemExit, said why)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return  # a development build: let the route-coverage checks speak
+    if found < MINIMUM_MLFLOW:
+        need = ".".join(map(str, MINIMUM_MLFLOW))
+        raise SystemExit(
+            f"mlflow-approvals: cannot start the approvals server: it needs MLflow {need} or "
+            f"newer, and this is MLflow {version}. The client, the audit log and the command "
+            f"line work on MLflow 2.22 and newer; for the server, "
+            f'pip install "mlflow-approvals[server]" (it brings a supported MLflow).'
+        )
+
+
 def create_app(app: Any = None) -> Any:
     """Build the approvals server app (MLflow's ``mlflow.app`` entry point ``approvals``)."""
+    import mlflow
     from mlflow.server import app as flask_app
+
+    check_mlflow_version(mlflow.__version__)
 
     from mlflow_approvals.engine import Engine
     from mlflow_approvals.errors import PolicyError
