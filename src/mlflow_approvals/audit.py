@@ -62,6 +62,9 @@ EVENT_TYPES: dict[str, str] = {
     "registry.unchanged": "direct change failed",
     "gate.bypassed": "change past the gate (report mode)",
     "intent.abandoned": "abandoned intent",
+    "sagemaker.pending": "SageMaker package held for approval",
+    "sagemaker.approved": "SageMaker package approval",
+    "sagemaker.rejected": "SageMaker package rejection",
 }
 
 

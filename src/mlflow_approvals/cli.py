@@ -1178,6 +1178,30 @@ def audit_reconcile(settings: Settings, model: str) -> None:
         _finish(EXIT_ERROR)
 
 
+# ------------------------------------------------------------------------- sagemaker -----
+@main.group()
+def sagemaker() -> None:
+    """Link model versions to SageMaker model packages (docs/sagemaker.md)."""
+
+
+@sagemaker.command(name="link")
+@click.argument("model")
+@click.argument("version")
+@click.argument("arn")
+@_pass
+def sagemaker_link(settings: Settings, model: str, version: str, arn: str) -> None:
+    """Link MODEL VERSION to the SageMaker model package ARN (which must exist).
+
+    Sets the tag sagemaker.model_package_arn. A rule with `sagemaker:` then drives the
+    package's approval status; a request records the link when it is filed.
+    """
+    status = settings.client().link_model_package(model, version, arn)
+    settings.out(
+        {"name": model, "version": version, "model_package_arn": arn, "status": status},
+        lambda: [f"linked {model} v{version} to {arn} ({status})"],
+    )
+
+
 # ------------------------------------------------------------------------- policy --------
 @main.group()
 def policy() -> None:

@@ -425,6 +425,22 @@ class ApprovalClient(MlflowClient):
         target = _one_target(stage, alias, archive_existing_versions)
         return self._steps().check(name, validate_version(version), target)
 
+    def link_model_package(self, name: str, version: str | int, arn: str) -> str:
+        """Link ``name`` v``version`` to the SageMaker model package ``arn``; its status.
+
+        Checks that the package exists (with the credentials of the first rule with
+        ``sagemaker:`` in its region, else the default ones), then sets the version's tag
+        ``sagemaker.model_package_arn``. A request records the link when it is filed, so
+        relinking later does not redirect a request in flight (docs/sagemaker.md).
+        """
+        from mlflow_approvals.sagemaker import LINK_TAG, check_arn, settings_for_arn
+
+        version = validate_version(version)
+        arn = check_arn(arn, "the link")
+        status = self.engine.packages.status(settings_for_arn(arn, self.policy.rules), arn)
+        self.set_model_version_tag(name, version, LINK_TAG, arn)
+        return status
+
     def failed_reviews(self, name: str | None = None) -> list[ApprovalRequest]:
         """Break-glass changes whose review was rejected or is overdue (all models, or one)."""
         return [r for r in self.list_requests(name, status=None) if r.review_failed]

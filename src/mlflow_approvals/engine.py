@@ -51,6 +51,14 @@ from mlflow_approvals.lifecycle import (
 )
 from mlflow_approvals.policy import Policy, Rule, canonical_stage
 from mlflow_approvals.ports import EvidenceSource, Registry
+from mlflow_approvals.sagemaker import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    PackageGate,
+    approval_description,
+    rejection_description,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -208,6 +216,11 @@ def unbacked(record: RequestRecord, policy: Policy) -> str | None:
                 )
     if rule.separation_of_duties and not record.separation_of_duties:
         return f"{why}rule '{rule.name}' asks for separation of duties, and it does not"
+    if rule.sagemaker is not None and not record.sagemaker_arn:
+        return (
+            f"{why}rule '{rule.name}' drives a SageMaker model package, and the request "
+            "recorded none when it was filed. File a new request"
+        )
     if rule.expires_after is not None and (
         record.expires_at is None or record.expires_at > record.created_at + rule.expires_after
     ):
@@ -270,6 +283,8 @@ class Engine:
             (None: no checks can pass, and requests carry no digest).
         ui_base: the MLflow UI's address, for links in notifications (None: no link unless
             ``MLFLOW_APPROVALS_UI_URL`` is set).
+        packages: reaches the SageMaker model packages of rules with ``sagemaker:`` (None: boto3
+            with each rule's region, profile and role; see docs/sagemaker.md).
     """
 
     def __init__(
@@ -280,6 +295,7 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         evidence: EvidenceSource | None = None,
         ui_base: str | None = None,
+        packages: PackageGate | None = None,
     ) -> None:
         from mlflow_approvals.assess import Assessor
 
@@ -289,6 +305,7 @@ class Engine:
         self.clock = clock
         self.assess = Assessor(evidence, registry, lambda: self.clock())
         self.ui_base = ui_base
+        self.packages = packages or PackageGate()
         self._notifier: Notifier | None = None
         self._notifier_for: Any = None
 
@@ -329,6 +346,7 @@ class Engine:
                 self._settle_index(mv, facts)  # a crash may have lost it after the request fact
                 return existing
         self._check_not_already(mv, target)
+        package = self.packages.linked(rule, name, version, mv.tags or {})
         report = self.assess.checks(rule, mv, target)
         if not report.passed:
             raise self._checks_failed(actor, mv, facts, None, report, target, rule)
@@ -346,7 +364,9 @@ class Engine:
             checks=report.results,
             digest=None if evidence is None else evidence.digest,
             changes=self.assess.changes(mv, holders),
+            sagemaker_arn=package,
         )
+        held = self._package(actor, mv, facts, record, PENDING, "")
         digest = self.emit(
             actor,
             mv,
@@ -355,6 +375,7 @@ class Engine:
             record,
             comment=comment,
             time=now,
+            parents=held,
             before=live_value(mv, target),
             after=target_value(target, version),
             extra={
@@ -544,6 +565,11 @@ class Engine:
             members=self.policy.roles,
         )
         self._enforce(actor, verdict, mv, facts, request, decision)
+        # SageMaker before the fact: a rejection that could not reach it is not recorded.
+        moved: list[str] = []
+        if decision == "reject":
+            note = rejection_description(request.id, actor.id, verdict.role, comment or "")
+            moved = self._package(actor, mv, facts, request, REJECTED, note)
         digest = self.emit(
             actor,
             mv,
@@ -553,6 +579,7 @@ class Engine:
             comment=comment,
             time=now,
             extra={"role": verdict.role, "level": verdict.level},
+            parents=moved,
         )
         signoff = SignOff(
             actor=actor.id,
@@ -873,6 +900,10 @@ class Engine:
         report = self.assess.checks(rule, mv, target)
         if not report.passed:
             raise self._checks_failed(actor, mv, facts, request, report, target, rule)
+        # SageMaker first: when it cannot be reached nothing is promoted, and a retry applies.
+        signers = [(s.actor, s.role) for s in request.signoffs if s.decision == "approve"]
+        note = approval_description(request.id, str(target), name, version, signers)
+        moved = self._package(actor, mv, facts, request, APPROVED, note)
         archived: list[ModelVersion] = []
         in_effect = is_in_effect(mv, target)
         if target.kind == "stage" and target.archive_existing_versions and not in_effect:
@@ -903,7 +934,8 @@ class Engine:
             after=target_value(target, version),
             comment=f"applied after sign-off by {', '.join(s.actor for s in request.signoffs)}",
             extra={"already_in_effect": in_effect, **_assessed(report, evidence, None)},
-            parents=archived_events,  # so the archive events are anchored through this one
+            # so the archive events (and the SageMaker approval) are anchored through this one
+            parents=[*archived_events, *moved],
         )
         if not in_effect:
             self._change_registry(name, version, target)
@@ -1171,6 +1203,31 @@ class Engine:
         self._settle_index(mv, facts)
         self._announce(f"request.{how}", facts.request(request.id, now), actor, why)
         return InvalidRequest(why)
+
+    def _package(
+        self,
+        actor: Actor,
+        mv: ModelVersion,
+        facts: T.VersionFacts,
+        request: ApprovalRequest | RequestRecord,
+        status: str,
+        note: str,
+    ) -> list[str]:
+        """Set the request's linked SageMaker package to ``status`` (sagemaker.py), its audit
+        event first; the hashes written, for the step's own event to name as parents."""
+        record = request.record if isinstance(request, ApprovalRequest) else request
+        rule = next((r for r in self.policy.rules if r.name == record.rule), None)
+        if record.sagemaker_arn is None or rule is None or rule.sagemaker is None:
+            return []
+
+        def emit(type: str, before: Any, after: Any, comment: str) -> str:
+            event_id = deterministic_id(record.id, "sagemaker", str(after["status"]))
+            return self.emit(
+                actor, mv, facts, type, request, before=before, after=after, comment=comment,
+                event_id=event_id,
+            )  # fmt: skip
+
+        return self.packages.move(rule.sagemaker, record.sagemaker_arn, status, note, emit)
 
     def _write_tag(self, name: str, version: str, key: str, value: str) -> None:
         self.registry.set_model_version_tag(name, version, key, value)

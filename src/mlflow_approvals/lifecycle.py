@@ -156,6 +156,9 @@ class RequestRecord:
     digest: str | None = None
     # What differs from the version holding the target when it was filed (changes.compare).
     changes: Mapping[str, Any] | None = None
+    # The SageMaker model package the request drives (its rule's `sagemaker:`), as linked when it
+    # was filed: retagging the version later does not redirect the request.
+    sagemaker_arn: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ naming the file, the field path and the problem, and saying what to do:
   a rule.
 * a notification (``notifications:``, see ``docs/notifications.md``) with an unknown key, a
   url that is not http:// or https://, or a name another one already uses.
+* a rule's ``sagemaker:`` (see ``docs/sagemaker.md``) that is not a mapping, has an unknown key,
+  a region that is not an AWS region name, an empty profile, or a role that is not an IAM role
+  ARN.
 
 The file itself is refused, with the same error, when it is larger than
 :data:`MAX_POLICY_BYTES`, not UTF-8, not valid YAML or JSON, repeats a key in one mapping or
@@ -89,6 +92,7 @@ __all__ = [
     "Policy",
     "Requirement",
     "Rule",
+    "SageMakerSettings",
     "canonical_stage",
     "describe_rule",
     "format_duration",
@@ -219,6 +223,44 @@ class BreakGlass(BaseModel):
         return format_duration(value)
 
 
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+
+
+class SageMakerSettings(BaseModel):
+    """Where a rule's linked SageMaker model packages live, and whose credentials change them.
+
+    ``region`` is the AWS region of the packages; ``profile`` a named profile of the AWS
+    configuration (None: the default credential chain); ``role_arn`` an IAM role assumed
+    through STS before each change (None: the credentials as found).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str
+    profile: NonEmptyStr | None = None
+    role_arn: str | None = None
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _check_region(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not _REGION.fullmatch(value):
+            raise ValueError(
+                f"region must be an AWS region name such as 'us-east-1', got {_clip(repr(value))}"
+            )
+        return value
+
+    @field_validator("role_arn", mode="before")
+    @classmethod
+    def _check_role(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not _ROLE_ARN.fullmatch(value)):
+            raise ValueError(
+                "role_arn must be an IAM role ARN such as "
+                f"'arn:aws:iam::123456789012:role/approvals', got {_clip(repr(value))}"
+            )
+        return value
+
+
 class Rule(BaseModel):
     """Which targets a rule gates, and the ordered levels of sign-off it asks for.
 
@@ -238,6 +280,18 @@ class Rule(BaseModel):
     separation_of_duties: bool = True
     break_glass: BreakGlass | None = None
     checks: Annotated[tuple[CheckSpec, ...], Field(max_length=MAX_CHECKS)] = ()
+    sagemaker: SageMakerSettings | None = None
+
+    @field_validator("sagemaker", mode="before")
+    @classmethod
+    def _sagemaker_mapping(cls, value: Any) -> Any:
+        """Refuse ``sagemaker: us-east-1`` and the like with the form to write instead."""
+        if value is not None and not isinstance(value, (Mapping, SageMakerSettings)):
+            raise ValueError(
+                "sagemaker must be a mapping such as `{region: us-east-1}` (optionally with "
+                f"profile and role_arn), got {type(value).__name__} {_clip(repr(value))}"
+            )
+        return value
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -376,6 +430,8 @@ class Policy(BaseModel):
                 rule.pop("break_glass", None)
             if not rule.get("checks"):
                 rule.pop("checks", None)
+            if rule.get("sagemaker") is None:  # nor one without SageMaker
+                rule.pop("sagemaker", None)
         if not dumped.get("notifications"):  # nor does one without notifications
             dumped.pop("notifications", None)
         canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
@@ -949,6 +1005,7 @@ _ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
     "rule": tuple(Rule.model_fields),
     "requirement": tuple(Requirement.model_fields),
     "subscription": tuple(Subscription.model_fields),
+    "sagemaker": tuple(SageMakerSettings.model_fields),
 }
 
 
@@ -1041,8 +1098,8 @@ def _check_loc(loc: Loc) -> tuple[Loc, str | None]:
 
 
 def _model_at(loc: Loc) -> str:
-    """Which model sits at ``loc``: ``policy``, ``rule``, ``requirement``, ``subscription``
-    or ``""``."""
+    """Which model sits at ``loc``: ``policy``, ``rule``, ``requirement``, ``subscription``,
+    ``sagemaker`` or ``""``."""
     if loc == ():
         return "policy"
     if len(loc) == 2 and loc[0] == "rules":
@@ -1051,6 +1108,8 @@ def _model_at(loc: Loc) -> str:
         return "requirement"
     if len(loc) == 2 and loc[0] == "notifications":
         return "subscription"
+    if len(loc) == 3 and loc[0] == "rules" and loc[2] == "sagemaker":
+        return "sagemaker"
     return ""
 
 

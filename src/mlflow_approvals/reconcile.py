@@ -42,7 +42,7 @@ __all__ = ["Change", "ReconcileReport", "reconcile_model", "replay"]
 class Change:
     """A difference between what the audit log says and what the registry holds."""
 
-    what: Literal["stage", "alias", "tag", "version", "review"]
+    what: Literal["stage", "alias", "tag", "version", "review", "package"]
     version: str | None
     key: str | None  # the alias or the tag key; None for a stage
     expected: Any
@@ -58,6 +58,11 @@ class Change:
             return f"v{self.version}: the audit log has its history, the registry deleted it"
         if self.what == "review":
             return f"v{self.version} break-glass change (request {self.key}): {self.actual}"
+        if self.what == "package":
+            return (
+                f"v{self.version} SageMaker package {self.key}: the audit log says "
+                f"{self.expected!r}, SageMaker has {self.actual!r}"
+            )
         head = f"v{self.version} stage" if self.what == "stage" else f"alias @{self.key}"
         return f"{head}: the audit log says {self.expected!r}, the registry has {self.actual!r}"
 
@@ -180,6 +185,7 @@ class _Expected:
     tags: set[tuple[str, str, str]] = field(default_factory=set)  # (version, key, value sha256)
     known: set[str] = field(default_factory=set)  # versions the log has events of
     deleted: set[str] = field(default_factory=set)  # versions recorded as deleted
+    packages: dict[str, tuple[str, str]] = field(default_factory=dict)  # arn -> (status, basis)
 
 
 _DIRECT = ("registry.changed", "gate.bypassed")  # direct writes the server let through
@@ -211,6 +217,11 @@ def replay(events: Iterable[tuple[str, Mapping[str, Any]]]) -> _Expected:
             state.known.add(str(version))
         after = data.get("after")
         if not isinstance(after, dict):
+            continue
+        if "model_package_arn" in after and (
+            kind.startswith("sagemaker.") or kind == "change.detected"
+        ):
+            state.packages[str(after["model_package_arn"])] = (str(after.get("status")), digest)
             continue
         if kind == "change.detected" and after.get("exists") is False:
             state.deleted.add(str(version))
@@ -322,6 +333,7 @@ def reconcile_model(
         for key, why in _odd_tags(name, mv):
             if (v, key, _tag_digest(mv, key)) not in state.tags:
                 found.append((Change("tag", v, key, None, why), mv, "initial"))
+    found += _package_changes(ports, name, by_version, state.packages)
 
     recorded: list[Change] = []
     for change, held_by, basis in found:
@@ -346,6 +358,50 @@ def _paths_of(report: VerifyReport, hashes: set[str]) -> set[str]:
     return {line.path for line in report.events if line.hash in hashes and line.path}
 
 
+def _package_changes(
+    ports: Ports,
+    name: str,
+    versions: Mapping[str, ModelVersion],
+    expected: Mapping[str, tuple[str, str]],
+) -> list[tuple[Change, ModelVersion | None, str]]:
+    """Linked SageMaker packages whose approval status the log does not account for.
+
+    A package is linked by a request that recorded it, or by a version's link tag while a rule
+    with ``sagemaker:`` covers the model. One the log never moved is expected pending.
+    """
+    import fnmatch
+
+    rules = [
+        r
+        for r in ports.policy.rules
+        if r.sagemaker is not None and any(fnmatch.fnmatchcase(name, p) for p in r.models)
+    ]
+    if not rules:
+        return []
+    from mlflow_approvals.errors import InvalidRequest
+    from mlflow_approvals.sagemaker import LINK_TAG, PENDING, PackageGate, settings_for_arn
+
+    gate = getattr(ports, "packages", None) or PackageGate()
+    linked: dict[str, ModelVersion] = {}
+    for v, mv in sorted(versions.items(), key=lambda item: int(item[0])):
+        tags = mv.tags or {}
+        arns = [r.sagemaker_arn for r in T.VersionFacts(name, v, tags).requests.values()]
+        arns.append(tags.get(LINK_TAG))
+        for arn in arns:
+            if arn and T.MODEL_PACKAGE_ARN.fullmatch(arn):
+                linked.setdefault(arn, mv)
+    found: list[tuple[Change, ModelVersion | None, str]] = []
+    for arn, mv in linked.items():
+        status, basis = expected.get(arn, (PENDING, "initial"))
+        try:
+            actual = gate.status(settings_for_arn(arn, rules), arn)
+        except InvalidRequest:  # the package was deleted
+            actual = "(no such package)"
+        if actual != status:
+            found.append((Change("package", str(mv.version), arn, status, actual), mv, basis))
+    return found
+
+
 def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) -> list[Change]:
     """Break-glass changes of ``name`` whose review was rejected or is overdue at ``now``."""
     found = []
@@ -362,7 +418,8 @@ def _failed_reviews(name: str, versions: Iterable[ModelVersion], now: datetime) 
 def _is_gated(ports: Ports, name: str, change: Change) -> bool:
     """Could this change not pass at once (a rule gates it, or the default is deny)?
 
-    Tags and deletions: always. The decision is :meth:`Policy.gate`, as for a request.
+    Tags, deletions and SageMaker packages: always. The decision is :meth:`Policy.gate`, as
+    for a request.
     """
     if change.what == "stage":
         return ports.policy.gate(name, "stage", str(change.actual)).gated
@@ -393,6 +450,13 @@ def _record(
         comment = (
             f"alias @{change.key} moved from {change.expected or '(unset)'} to "
             f"{change.actual or '(unset)'} without an approval"
+        )
+    elif change.what == "package":
+        before = {"model_package_arn": change.key, "status": change.expected}
+        after = {"model_package_arn": change.key, "status": change.actual}
+        comment = (
+            f"SageMaker model package {change.key} (v{change.version}) is {change.actual}; "
+            f"the audit log accounts for {change.expected}: it was changed outside the gate"
         )
     elif change.what == "version":
         before = {"version": change.version, "exists": True}

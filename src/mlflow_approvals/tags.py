@@ -43,6 +43,11 @@ INDEX_IDLE = "idle"
 _REQ = PREFIX + "r."
 
 MAX_COMMENT_CHARS = 5000
+MODEL_PACKAGE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):(?P<account>[0-9]{12})"
+    r":model-package/(?P<name>[A-Za-z0-9](?:-*[A-Za-z0-9]){0,62}(?:/[0-9]{1,10})?)$"
+)
+"""A SageMaker model package's ARN (``.../model-package/<group>/<version>``), and nothing else."""
 MAX_VALUE_CHARS = 100_000  # MLflow's limit for model-version tag values
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _FACT = re.compile(
@@ -224,6 +229,8 @@ def encode_request(r: RequestRecord) -> str:
         data["digest"] = r.digest
     if r.changes is not None:
         data["changes"] = dict(r.changes)
+    if r.sagemaker_arn is not None:
+        data["sagemaker_arn"] = r.sagemaker_arn
     if r.break_glass:
         data["break_glass"] = True
         data["review_by"] = None if r.review_by is None else _ts(r.review_by)
@@ -285,6 +292,13 @@ def _changes(f: _Fields) -> dict[str, Any] | None:
         raise MalformedFact(f"{f.what}: field 'changes': {exc}") from None
 
 
+def _package_arn(f: _Fields) -> str | None:
+    raw = f.opt_text("sagemaker_arn")
+    if raw is not None and not MODEL_PACKAGE_ARN.fullmatch(raw):
+        raise f._bad("sagemaker_arn", "a SageMaker model package ARN")
+    return raw
+
+
 def decode_request(name: str, version: str, value: str) -> RequestRecord:
     f = _Fields(value, "request fact")
     if f.data.get("name") != name or str(f.data.get("version")) != version:
@@ -325,6 +339,7 @@ def decode_request(name: str, version: str, value: str) -> RequestRecord:
         checks=_checks(f),
         digest=f.opt_text("digest"),
         changes=_changes(f),
+        sagemaker_arn=_package_arn(f),
     )
 
 
