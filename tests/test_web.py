@@ -47,15 +47,17 @@ class Env:
     def steps(self, user: str) -> RemoteLifecycle:
         return RemoteLifecycle(self.uri, auth=(user, PASSWORD))
 
-    def model(self, prefix: str = "fraud-web") -> tuple[str, str]:
-        name = unique_name(prefix)
+    def model(self, name: str | None = None) -> tuple[str, str]:
+        name = name or unique_name("fraud-web")
         with signed_in("alice"):
             (v,) = register_versions(self.uri, name, 1)
         return name, v
 
-    def filed(self, comment: str | None = "ready for Production") -> tuple[str, str, str]:
+    def filed(
+        self, comment: str | None = "ready for Production", name: str | None = None
+    ) -> tuple[str, str, str]:
         """A new model version with a pending request by alice: (name, version, request id)."""
-        name, v = self.model()
+        name, v = self.model(name)
         request = self.steps("alice").file(name, v, PRODUCTION, comment)
         return name, v, request.id
 
@@ -157,9 +159,13 @@ def _page(browser: Any, env: Env, user: str, **options: Any) -> Any:
     return page
 
 
+def _shots() -> bool:
+    return os.environ.get("MLFLOW_APPROVALS_SCREENSHOTS") == "1"
+
+
 def _screenshot(page: Any, name: str, tmp_path: Path) -> Path:
     """Save a full-page screenshot (under docs/images with MLFLOW_APPROVALS_SCREENSHOTS=1)."""
-    folder = IMAGES if os.environ.get("MLFLOW_APPROVALS_SCREENSHOTS") == "1" else tmp_path
+    folder = IMAGES if _shots() else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     page.screenshot(path=str(path), full_page=True)
@@ -174,7 +180,11 @@ def test_approvers_sign_in_the_browser_and_the_last_sign_off_applies(
     """carol and then dave find the request in their inbox and approve it; dave's applies it."""
     from playwright.sync_api import expect
 
-    name, v, rid = env.filed("Recall up 4 points on the March holdout; see the run.")
+    # The documentation's screenshots show a readable name (one run, one fresh server).
+    name, v, rid = env.filed(
+        "Recall up 4 points on the March holdout; see the run.",
+        "fraud-detector" if _shots() else None,
+    )
     link = f"{name} v{v}"
 
     carol = _page(browser, env, "carol")
@@ -324,13 +334,14 @@ def test_a_rejection_with_a_reason_ends_the_request(env: Env) -> None:
 
 @pytest.mark.server
 def test_what_users_wrote_is_shown_escaped(env: Env) -> None:
-    """A <script> in a request's and a sign-off's comment is shown as text, never as markup."""
-    name, v, rid = env.filed('<script>alert("filed")</script>')
+    """Markup in a model's name, a request's comment and a sign-off's comment is shown as text."""
+    name, v, rid = env.filed('<script>alert("filed")</script>', unique_name("fraud-<i>&'q"))
     token = env.token("carol", name, v, rid)
     evil = '"><img src=x onerror=alert(1)>'
     assert env.post("carol", _form(name, v, rid, "approve", evil, token)).status_code == 303
     html = env.get("dave", env.page_url(name, v, rid)).text
-    assert "<script>" not in html and "<img" not in html
+    assert "<script>" not in html and "<img" not in html and "<i>" not in html
+    assert "fraud-&lt;i&gt;&amp;&#39;q" in html
     assert "&lt;script&gt;alert(&#34;filed&#34;)&lt;/script&gt;" in html
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
 

@@ -185,7 +185,9 @@ class Pages:
 
         from flask import Response
 
-        css = resources.files(__package__).joinpath("static").joinpath("style.css").read_text("utf-8")
+        css = (
+            resources.files(__package__).joinpath("static").joinpath("style.css").read_text("utf-8")
+        )
         response = Response(css, mimetype="text/css")
         response.headers["Cache-Control"] = "private, max-age=3600"
         response.headers["X-Content-Type-Options"] = "nosniff"
