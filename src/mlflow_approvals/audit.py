@@ -20,12 +20,14 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import rfc8785
 
+from mlflow_approvals.artifacts import repository
 from mlflow_approvals.lifecycle import utcnow
 
 if TYPE_CHECKING:
@@ -406,6 +408,112 @@ class AuditStore:
                     found.setdefault(version, set()).add(str(value))
         return found
 
+    def load(self, name: str, dest: str | os.PathLike[str]) -> StoredLog:
+        """The log of model ``name`` as stored: loose event files, segments and seal anchors.
+
+        Read in this order, so that a seal running meanwhile is never mistaken for tampering:
+        the audit runs' tags (one ``get_run`` each: the seal anchors and where the artifacts
+        are), then every segment (a sealer writes its segment before its anchor, so each anchor
+        read has its segment), then the loose event files that no intact, anchored segment
+        holds. Through a tracking server that costs one request per folder listed, one per
+        segment and one per loose file not yet sealed; a local artifact store is read in place.
+        """
+        from mlflow_approvals import segments as S
+
+        runs = [(run_id, self._client.get_run(run_id)) for run_id in self.run_ids(name, False)]
+        sealed: dict[str, set[str]] = {}
+        for _, run in runs:
+            for key in run.data.tags or {}:
+                digest = S.sealed_hash(key)
+                if digest is not None:
+                    sealed.setdefault(digest, set()).add(f"the audit run's tag {key}")
+        places = [
+            self._place(run_id, str(run.info.artifact_uri), Path(dest) / f"run{i}")
+            for i, (run_id, run) in enumerate(runs)
+        ]
+        segments: list[tuple[str, bytes]] = []
+        for place in places:
+            segments += place.files(S.SEGMENT_FOLDER, ".jsonl", set())
+        covered, _ = S.covered_paths(segments, sealed)
+        loose: list[tuple[str, bytes]] = []
+        for place in places:
+            loose += place.files("events", ".json", covered)
+        return StoredLog(loose, segments, sealed)
+
+    def seal(
+        self, name: str, *, min_events: int = 1, max_events: int | None = None
+    ) -> list[tuple[str, int]]:
+        """Seal the loose events of model ``name`` into segments; return (path, events) of each.
+
+        The events no intact, anchored segment holds yet are copied, byte for byte, into
+        segments of at most ``max_events`` (default ``segments.MAX_SEGMENT_EVENTS``); nothing is
+        sealed when fewer than ``min_events`` are loose. Each segment is written, and only then
+        anchored by the audit-run tag ``mlflow_approvals.sealed.<sha256>`` (intent before
+        effect): a crash in between leaves a segment no tag seals, whose events are all still
+        in the log as loose files, which verify accepts (and the next seal seals again). The
+        loose files are never deleted, and two sealers at once write two segments (the same
+        events, read once). Sealing judges nothing: a damaged event is sealed as it is, and
+        is reported as before. Raises ``AuditUnavailable`` when a segment or its anchor cannot
+        be written.
+        """
+        import tempfile
+
+        from mlflow_approvals import segments as S
+
+        limit = max_events or S.MAX_SEGMENT_EVENTS
+        if limit < 1 or min_events < 1:
+            raise ValueError("min_events and max_events must be at least 1")
+        if not self.run_ids(name, create=False):
+            return []
+        with tempfile.TemporaryDirectory(prefix="mlflow-approvals-seal-") as tmp:
+            stored = self.load(name, tmp)
+        _, already = S.covered_paths(stored.segments, stored.sealed)
+        held = set(already)
+        todo = sorted(
+            {(p, raw) for p, raw in stored.loose if (p, raw) not in held and S.sealable(p, raw)}
+        )
+        if len(todo) < min_events:
+            return []
+        written: list[tuple[str, int]] = []
+        run_id = self.writer_run(name)
+        for start in range(0, len(todo), limit):
+            chunk = todo[start : start + limit]
+            body = S.encode(chunk)
+            digest = hashlib.sha256(body).hexdigest()
+            path = S.segment_path(digest, utcnow())
+            try:
+                self._client.log_text(run_id, body.decode("utf-8"), path)
+                self._client.set_tag(run_id, S.sealed_tag(digest), path)
+            except Exception as exc:
+                if type(exc).__name__ == "AuditUnavailable":
+                    raise
+                raise _unavailable(name, exc) from exc
+            written.append((path, len(chunk)))
+        return written
+
+    def _place(self, run_id: str, artifact_uri: str, dest: Path) -> _RunFiles:
+        """How to read the files of audit run ``run_id`` (in place, or one request each)."""
+        local = self._local_root(run_id, artifact_uri)
+        if local is not None:
+            return _RunFiles(local=local)
+        return _RunFiles(remote=self._repository(run_id, artifact_uri), dest=dest)
+
+    def _local_root(self, run_id: str, artifact_uri: str) -> Path | None:
+        """The run's artifact root when it is a local folder, else None."""
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+            return Path(unquote(parsed.path))
+        if parsed.scheme == "" and os.path.isabs(artifact_uri):
+            return Path(artifact_uri)
+        return None
+
+    def _repository(self, run_id: str, artifact_uri: str) -> _Listing:
+        """List and fetch the run's artifacts straight from its artifact repository: one
+        request per listing and one per file."""
+        return _RepoListing(repository(artifact_uri, str(self._client.tracking_uri)))
+
     def _local_artifacts(self, run_id: str) -> Path | None:
         """The run's ``events`` folder when its artifacts live on a local path, else None."""
         from urllib.parse import unquote, urlparse
@@ -420,6 +528,94 @@ class AuditStore:
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StoredLog:
+    """A model's log as :meth:`AuditStore.load` read it."""
+
+    loose: list[tuple[str, bytes]]
+    """The loose event files that no intact, anchored segment holds, as (path, bytes)."""
+    segments: list[tuple[str, bytes]]
+    """Every segment file, anchored or not, as (path, bytes)."""
+    sealed: dict[str, set[str]]
+    """Segment hash -> where it is anchored (the audit runs' ``mlflow_approvals.sealed.*``)."""
+
+
+class _Listing(Protocol):
+    """Listing and fetching the artifacts of one run, with run-relative paths."""
+
+    def list(self, path: str) -> list[tuple[str, bool]]: ...
+
+    def fetch(self, path: str, local: str) -> None: ...
+
+
+class _RepoListing:
+    """An artifact repository rooted at the run (one request per listing, one per file)."""
+
+    def __init__(self, repo: Any, root: str | None = None) -> None:
+        self._repo, self._root = repo, root
+
+    def _full(self, path: str) -> str:
+        return f"{self._root}/{path}" if self._root else path
+
+    def list(self, path: str) -> list[tuple[str, bool]]:
+        cut = len(self._root) + 1 if self._root else 0
+        return [(i.path[cut:], bool(i.is_dir)) for i in self._repo.list_artifacts(self._full(path))]
+
+    def fetch(self, path: str, local: str) -> None:
+        # One GET: the repository's own download would list the path first to tell a file
+        # from a folder (a second request per file).
+        self._repo._download_file(remote_file_path=self._full(path), local_path=local)
+
+
+class _RunFiles:
+    """The files under one folder of an audit run: read in place, or listed and fetched."""
+
+    def __init__(
+        self, local: Path | None = None, remote: _Listing | None = None, dest: Path | None = None
+    ) -> None:
+        self._local, self._remote, self._dest = local, remote, dest
+
+    def files(self, folder: str, suffix: str, skip: set[str]) -> list[tuple[str, bytes]]:
+        """Every file under ``folder`` ending in ``suffix`` whose path is not in ``skip``."""
+        if self._local is not None:
+            base = self._local / folder
+            if not base.is_dir():
+                return []
+            found = []
+            for path in sorted(base.rglob("*" + suffix)):
+                rel = folder + "/" + path.relative_to(base).as_posix()
+                if rel not in skip and path.is_file():
+                    found.append((rel, path.read_bytes()))
+            return found
+        assert self._remote is not None and self._dest is not None
+        wanted: list[str] = []
+        pending = [folder]
+        while pending:
+            for rel, is_dir in self._remote.list(pending.pop()):
+                if is_dir:
+                    pending.append(rel)
+                elif rel.endswith(suffix) and rel not in skip:
+                    wanted.append(rel)
+        return self._fetch_all(sorted(wanted))
+
+    def _fetch_all(self, paths: list[str]) -> list[tuple[str, bytes]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        assert self._remote is not None and self._dest is not None
+        remote, dest = self._remote, self._dest
+
+        def one(rel: str) -> tuple[str, bytes]:
+            local = dest.joinpath(*rel.split("/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            remote.fetch(rel, str(local))
+            return rel, local.read_bytes()
+
+        if len(paths) < 2:
+            return [one(p) for p in paths]
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            return list(pool.map(one, paths))
 
 
 def _unavailable(name: str, exc: Exception) -> Exception:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mlflow_approvals import tags as T
+from mlflow_approvals.segments import check_segments
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -48,7 +49,8 @@ class AuditLog:
     """What :func:`read_log` read: the event files and everything that anchors them."""
 
     files: list[tuple[str, bytes]]
-    """Every event file, as (artifact path, bytes) pairs."""
+    """Every event, as (artifact path, bytes) pairs: the loose files and the events of the
+    sealed segments, each once."""
     anchors: dict[str, set[str]]
     """hash -> {"v<version>:<fact key>"}: the hashes the versions' fact tags hold, and the
     recorded abandonments (``v<version>:mlflow_approvals.abandoned.*`` tags of the audit run)."""
@@ -59,6 +61,12 @@ class AuditLog:
     deletions: dict[str | None, set[str]]
     """version (None: the model) -> the hashes of the events recording its deletion, from the
     audit run's ``mlflow_approvals.deleted.*`` tags."""
+    loose: list[tuple[str, bytes]] = field(default_factory=list)
+    """The loose event files read (those no intact, anchored segment holds)."""
+    segments: list[tuple[str, bytes]] = field(default_factory=list)
+    """The segment files, as (artifact path, bytes) pairs (:mod:`mlflow_approvals.segments`)."""
+    sealed: dict[str, set[str]] = field(default_factory=dict)
+    """Segment hash -> where it is anchored (the ``mlflow_approvals.sealed.*`` run tags)."""
 
 
 def read_log(ports: Ports, name: str) -> AuditLog:
@@ -80,7 +88,8 @@ def read_log(ports: Ports, name: str) -> AuditLog:
     for h, where in ports.audit.abandonment_anchors(name).items():
         anchors.setdefault(h, set()).update(where)
     with tempfile.TemporaryDirectory(prefix="mlflow-approvals-audit-") as tmp:
-        files = ports.audit.read(name, tmp)
+        stored = ports.audit.load(name, tmp)
+    files = check_segments(stored.loose, stored.segments, stored.sealed).files
     if not first and not files:
         require_model(ports, name)
     present = {hashlib.sha256(raw).hexdigest() for _, raw in files}
@@ -96,7 +105,9 @@ def read_log(ports: Ports, name: str) -> AuditLog:
         if kept:
             deletions[version] = kept
     live = frozenset(before | {str(mv.version) for mv in later})
-    return AuditLog(files, anchors, later, live, deletions)
+    return AuditLog(
+        files, anchors, later, live, deletions, stored.loose, stored.segments, stored.sealed
+    )
 
 
 def require_model(ports: Ports, name: str) -> None:

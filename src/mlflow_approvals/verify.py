@@ -48,6 +48,7 @@ from mlflow_approvals.audit import (
     parse_event,
 )
 from mlflow_approvals.auditlog import collect_anchors, read_log
+from mlflow_approvals.segments import check_segments
 
 if TYPE_CHECKING:
     from mlflow_approvals.ports import Ports
@@ -517,6 +518,8 @@ def verify_events(
     version: str | None = None,
     live_versions: Collection[str] | None = None,
     deletions: Mapping[str | None, Collection[str]] | None = None,
+    segments: Sequence[tuple[str, bytes]] = (),
+    sealed: Mapping[str, Collection[str]] | None = None,
 ) -> VerifyReport:
     """Verify an audit log: ``files`` are (artifact path, bytes) pairs, ``anchors`` map each
     hash held in a fact tag to where it is held (for example ``v3:mlflow_approvals.r.<rid>``).
@@ -530,8 +533,14 @@ def verify_events(
     version deletes its fact tags: an event of a version that does not exist is valid only when
     a deletion anchor of that version, or of the model, names an intact event of that version
     (or of the model) and the event is anchored (an ancestor of any anchor, the deletion event
-    included) or of a type that changes no tag; otherwise it is ``orphaned``. Pure: no I/O.
+    included) or of a type that changes no tag; otherwise it is ``orphaned``. ``segments`` are
+    sealed segment files and ``sealed`` maps each anchored segment hash to where it is held
+    (:mod:`mlflow_approvals.segments`): their events are checked like loose ``files``, and a
+    segment that is damaged or that nothing seals is a ``segment`` line. Pure: no I/O.
     """
+    container = check_segments(files, segments, sealed or {}) if segments or sealed else None
+    if container is not None:
+        files = container.files
     recorded = {v: set(ds) for v, ds in (deletions or {}).items()}
     held: dict[str, set[str]] = {h: set(where) for h, where in anchors.items()}
     for v, digests in recorded.items():
@@ -672,6 +681,18 @@ def verify_events(
             )
         )
 
+    for finding in container.findings if container is not None else ():
+        lines.append(
+            ReportLine(
+                status=INVALID,
+                path=finding.path,
+                hash=finding.hash,
+                type="segment",
+                version=None,
+                problem=finding.problem,
+                reason=finding.reason,
+            )
+        )
     if version is not None:
         lines = [line for line in lines if line.version == version]
     unanchored = Counter(
@@ -700,6 +721,8 @@ def verify_events(
             "deletion anchors their events: deleted around the gate (a plain MlflowClient), or "
             "planted (see docs/audit.md, 'Deleted versions')"
         )
+    if container is not None and version is None:
+        notes += container.notes
     lines.sort(
         key=lambda line: (
             line.path is None,
@@ -719,12 +742,14 @@ def verify_model(ports: Ports, name: str, version: str | None = None) -> VerifyR
     """
     log = read_log(ports, name)
     return verify_events(
-        log.files,
+        log.loose,
         log.anchors,
         name=name,
         version=version,
         live_versions=log.live_versions,
         deletions=log.deletions,
+        segments=log.segments,
+        sealed=log.sealed,
     )
 
 

@@ -337,6 +337,14 @@ class ServerAuditStore(AuditStore):
         root = self._server.local_artifact_dir(run_id)
         return None if root is None else root / "events"
 
+    def _local_root(self, run_id: str, artifact_uri: str) -> Path | None:
+        return self._server.local_artifact_dir(run_id)
+
+    def _repository(self, run_id: str, artifact_uri: str) -> Any:
+        from mlflow_approvals.audit import _RepoListing
+
+        return _RepoListing(*self._server._locate(run_id))
+
 
 def server_audit_store() -> ServerAuditStore:
     """The audit store for code running inside an ``mlflow server`` worker.
