@@ -149,8 +149,10 @@ def browser() -> Iterator[Any]:
 
 
 def _page(browser: Any, env: Env, user: str, **options: Any) -> Any:
-    """A page signed in as ``user`` (basic-auth credentials on a new context)."""
+    """A page signed in as ``user`` (basic-auth credentials on a new context), with
+    JavaScript off: the pages must work without it."""
     options.setdefault("viewport", {"width": 1100, "height": 900})
+    options.setdefault("java_script_enabled", False)
     context = browser.new_context(
         base_url=env.uri, http_credentials={"username": user, "password": PASSWORD}, **options
     )
@@ -177,7 +179,8 @@ def _screenshot(page: Any, name: str, tmp_path: Path) -> Path:
 def test_approvers_sign_in_the_browser_and_the_last_sign_off_applies(
     env: Env, browser: Any, tmp_path: Path
 ) -> None:
-    """carol and then dave find the request in their inbox and approve it; dave's applies it."""
+    """carol and then dave find the request in their inbox and approve it (JavaScript off, dave
+    by keyboard); dave's sign-off applies it and the page says so."""
     from playwright.sync_api import expect
 
     # The documentation's screenshots show a readable name (one run, one fresh server).
@@ -210,7 +213,9 @@ def test_approvers_sign_in_the_browser_and_the_last_sign_off_applies(
     expect(dave.get_by_role("button", name="Reject")).to_be_visible()
     dave.get_by_label("Comment").fill("Business case approved for Q3.")
     _screenshot(dave, "request.png", tmp_path)
-    dave.get_by_role("button", name="Approve").click()
+    dave.keyboard.press("Tab")  # from Comment, the next stop is Approve: sign by keyboard
+    expect(dave.get_by_role("button", name="Approve")).to_be_focused()
+    dave.keyboard.press("Enter")
     expect(dave.locator("#status")).to_have_text("applied")
     expect(dave.locator("#verdict")).to_contain_text("The audit log verifies")
     expect(dave.get_by_role("cell", name="Business case approved for Q3.")).to_be_visible()
