@@ -96,14 +96,15 @@ def test_store_down_at_apply_leaves_request_approved_then_retry_applies(env):
     """The store failing between sign-off and apply: approved, not applied; apply() retries it."""
     dave = env.as_("dave")
     broken: list[tuple[Path, Path]] = []
-    log_text = dave.log_text
+    append = dave.audit.append
 
-    def log_then_break(*args: Any, **kwargs: Any) -> None:
-        log_text(*args, **kwargs)  # the sign-off's event is written...
+    def append_then_break(*args: Any, **kwargs: Any) -> str:
+        digest = append(*args, **kwargs)  # the sign-off's event is written...
         if not broken:  # ...then the store goes away before the apply's event
             broken.append(env.break_store())
+        return digest
 
-    dave.log_text = log_then_break  # type: ignore[method-assign]
+    dave.audit.append = append_then_break  # type: ignore[method-assign]
     with pytest.raises(AuditUnavailable, match="could not be written"):
         dave.approve(env.name, env.v, comment="go")
     assert env.stage() == "None"

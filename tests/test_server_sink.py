@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -19,7 +19,6 @@ from mlflow_approvals.audit import (
     EXPERIMENT_ENV,
     LOCATION_ENV,
     MODEL_TAG,
-    AuditStore,
     canonical,
     event_path,
     make_event,
@@ -116,28 +115,22 @@ def test_read_returns_same_bytes_in_place(server: FakeServer) -> None:
 
 
 def test_download_path_matches_in_place_read(server: FakeServer) -> None:
-    """Listing and downloading through ServerTracking give the same files as the in-place read."""
+    """Reading the log through the server's artifact repository gives the in-place read's files."""
     writer = server_audit_store()
     event = _event()
     digest = writer.append(event)
-    (run_id,) = writer.run_ids("fraud-model", create=False)
+    in_place = writer.read("fraud-model", server.root / "unused")
 
-    tracking = ServerTracking()
-    assert [(f.path, f.is_dir) for f in tracking.list_artifacts(run_id)] == [("events", True)]
-    assert [f.path for f in tracking.list_artifacts(run_id, "events")] == ["events/v3"]
-    (info,) = tracking.list_artifacts(run_id, "events/v3")
-    assert info.path == event_path(event, digest)
-    assert info.file_size == len(canonical(event))
+    class Remote(ServerAuditStore):
+        def _local_root(self, run_id: str, artifact_uri: str) -> Path | None:
+            return None  # as if the destination were not a local folder: list and download
 
-    # The base class downloads (it reads in place only for file: URIs).
-    plain = AuditStore(cast(Any, ServerTracking()), experiment_name=writer.experiment_name)
+    remote = Remote(experiment_name=writer.experiment_name)
     dest = server.root / "download"
     dest.mkdir()
-    assert plain.read("fraud-model", dest) == [(event_path(event, digest), canonical(event))]
+    assert remote.read("fraud-model", dest) == in_place
+    assert in_place == [(event_path(event, digest), canonical(event))]
     assert (dest / "run0" / event_path(event, digest)).read_bytes() == canonical(event)
-
-    one = tracking.download_artifacts(run_id, event_path(event, digest), str(dest))
-    assert Path(one) == dest / event_path(event, digest)
 
 
 def test_second_model_gets_its_own_run(server: FakeServer) -> None:
@@ -176,7 +169,7 @@ def test_dotdot_in_artifact_uri_is_refused(server: FakeServer, location: str) ->
         tracking.log_text(run_id, "{}", "events/model/x.json")
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     with pytest.raises(MlflowException, match=r"\.\."):
-        tracking.list_artifacts(run_id)
+        tracking.local_artifact_dir(run_id)  # where every read of the run starts
     assert not [p for p in server.root.rglob("x.json")]
 
 

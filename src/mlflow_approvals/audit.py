@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import rfc8785
 
-from mlflow_approvals.artifacts import repository
+from mlflow_approvals.artifacts import log_text, repository, run_repository
 from mlflow_approvals.lifecycle import utcnow
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ class AuditStore:
         self._artifact_location = artifact_location or os.environ.get(LOCATION_ENV)
         self._experiment_id: str | None = None
         self._runs: dict[str, list[str]] = {}
+        self._repos: dict[str, Any] = {}  # run id -> its artifact repository
         self._lock = threading.Lock()
 
     @property
@@ -299,7 +300,7 @@ class AuditStore:
         name = event["data"]["model"]["name"]
         try:
             run_id = run_id or self.writer_run(name)
-            self._client.log_text(run_id, canonical(event).decode(), event_path(event, digest))
+            self._write_text(run_id, canonical(event).decode(), event_path(event, digest))
         except Exception as exc:
             if type(exc).__name__ == "AuditUnavailable":
                 raise
@@ -369,26 +370,16 @@ class AuditStore:
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, name: str, dest: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
-        """Every event file of model ``name`` as (artifact path, bytes) pairs.
+        """Every event of model ``name`` as (artifact path, bytes), each path once: the loose
+        files and the events sealed in segments (read as :meth:`load` reads them)."""
+        from mlflow_approvals import segments as S
 
-        An artifact store on a local folder is read in place (downloading copies each file
-        through MLflow's path checks: about 2 ms a file); any other is downloaded to ``dest``.
-        """
-        out: list[tuple[str, bytes]] = []
-        for i, run_id in enumerate(self.run_ids(name, create=False)):
-            local = self._local_artifacts(run_id)
-            if local is None:
-                target = Path(dest) / f"run{i}"
-                target.mkdir(parents=True, exist_ok=True)
-                if not self._client.list_artifacts(run_id, "events"):
-                    continue
-                local = Path(self._client.download_artifacts(run_id, "events", str(target)))
-            elif not local.is_dir():
-                continue
-            for path in sorted(local.rglob("*.json")):
-                rel = "events/" + path.relative_to(local).as_posix()
-                out.append((rel, path.read_bytes()))
-        return out
+        stored = self.load(name, dest)
+        found = dict(stored.loose)
+        for _, raw in stored.segments:
+            for path, body in S.decode(raw)[0]:
+                found.setdefault(path, body)
+        return sorted(found.items())
 
     def deletion_anchors(self, name: str) -> dict[str | None, set[str]]:
         """The recorded deletions of model ``name``: version (None: the model) -> event hashes.
@@ -482,7 +473,7 @@ class AuditStore:
             digest = hashlib.sha256(body).hexdigest()
             path = S.segment_path(digest, utcnow())
             try:
-                self._client.log_text(run_id, body.decode("utf-8"), path)
+                self._write_text(run_id, body.decode("utf-8"), path)
                 self._client.set_tag(run_id, S.sealed_tag(digest), path)
             except Exception as exc:
                 if type(exc).__name__ == "AuditUnavailable":
@@ -514,17 +505,14 @@ class AuditStore:
         request per listing and one per file."""
         return _RepoListing(repository(artifact_uri, str(self._client.tracking_uri)))
 
-    def _local_artifacts(self, run_id: str) -> Path | None:
-        """The run's ``events`` folder when its artifacts live on a local path, else None."""
-        from urllib.parse import unquote, urlparse
-
-        uri = str(self._client.get_run(run_id).info.artifact_uri)
-        parsed = urlparse(uri)
-        if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-            return Path(unquote(parsed.path)) / "events"
-        if parsed.scheme == "" and os.path.isabs(uri):
-            return Path(uri) / "events"
-        return None
+    def _write_text(self, run_id: str, text: str, path: str) -> None:
+        """Write one artifact of an audit run, through the run's artifact repository resolved
+        against this store's tracking server (``MlflowClient.log_text`` resolves an
+        ``mlflow-artifacts:`` run against the process-wide tracking URI on MLflow 2.x)."""
+        repo = self._repos.get(run_id)
+        if repo is None:
+            repo = self._repos[run_id] = run_repository(self._client, run_id)
+        log_text(repo, text, path)
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

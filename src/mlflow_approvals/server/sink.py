@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from mlflow_approvals.audit import AuditStore
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Experiment, FileInfo, Run
+    from mlflow.entities import Experiment, Run
     from mlflow.store.entities.paged_list import PagedList
     from mlflow.store.tracking.abstract_store import AbstractStore
 
@@ -254,54 +253,6 @@ class ServerTracking:
                 f.write(text)
             repo.log_artifact(local, _join(root, head))
 
-    def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
-        """The files and folders directly under ``path``, with run-relative paths."""
-        from mlflow.entities import FileInfo
-
-        if path:
-            _check_relative(path, "artifact path")
-        repo, root = self._locate(run_id)
-        if root is None:
-            return list(repo.list_artifacts(path))
-        rel = path.strip("/") if path else ""
-        # As the server's proxy does: the repository lists paths from its own root.
-        return [
-            FileInfo(posixpath.join(rel, posixpath.basename(i.path)), i.is_dir, i.file_size)
-            for i in repo.list_artifacts(_join(root, rel))
-        ]
-
-    def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
-        """Copy the artifact file or folder ``path`` under ``dst_path``; return its local path.
-
-        As with ``MlflowClient``, the copy lands at ``<dst_path>/<path>``; without ``dst_path``
-        a new temporary folder is used.
-        """
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
-
-        if path:
-            _check_relative(path, "artifact path")
-        repo, root = self._locate(run_id)
-        dst = os.path.abspath(dst_path) if dst_path else tempfile.mkdtemp()
-        if root is None:
-            return str(repo.download_artifacts(path, dst))
-        if not os.path.isdir(dst):
-            raise MlflowException(
-                f"The destination path for downloaded artifacts must be an existing directory: "
-                f"{dst}",
-                error_code=RESOURCE_DOES_NOT_EXIST,
-            )
-        rel = path.strip("/") if path else ""
-        target = os.path.join(dst, *rel.split("/")) if rel else dst
-        with tempfile.TemporaryDirectory() as staging:
-            got = repo.download_artifacts(_join(root, rel), staging)
-            if os.path.isdir(got):
-                shutil.copytree(got, target, dirs_exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copyfile(got, target)
-        return target
-
 
 class ServerAuditStore(AuditStore):
     """The ``AuditStore`` of the server app: the server decides where the log lives.
@@ -333,12 +284,11 @@ class ServerAuditStore(AuditStore):
     def _default_location(self) -> str | None:
         return None  # the server's default artifact root applies
 
-    def _local_artifacts(self, run_id: str) -> Path | None:
-        root = self._server.local_artifact_dir(run_id)
-        return None if root is None else root / "events"
-
     def _local_root(self, run_id: str, artifact_uri: str) -> Path | None:
         return self._server.local_artifact_dir(run_id)
+
+    def _write_text(self, run_id: str, text: str, path: str) -> None:
+        self._server.log_text(run_id, text, path)  # straight to the server's own destination
 
     def _repository(self, run_id: str, artifact_uri: str) -> Any:
         from mlflow_approvals.audit import _RepoListing
