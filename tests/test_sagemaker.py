@@ -438,6 +438,21 @@ def test_filing_under_a_sagemaker_rule_without_boto3_names_the_extra(
         as_(sqlite_uri, policy, "alice").request_transition(name, v, "Production")
 
 
+def test_a_server_policy_asking_for_sagemaker_without_boto3_is_named_at_start(monkeypatch):
+    """The server's start-up check names the rules that ask for SageMaker and the extra."""
+    from mlflow_approvals.sagemaker import missing_boto3
+
+    opted = copy.deepcopy(EXAMPLE_POLICY)
+    opted["rules"][0]["sagemaker"] = {"region": REGION}
+    rules = parse_policy(opted).rules
+    assert missing_boto3(rules) is None  # boto3 is installed for the tests
+    assert missing_boto3(parse_policy(copy.deepcopy(EXAMPLE_POLICY)).rules) is None
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    why = missing_boto3(rules)
+    assert why is not None and repr(rules[0].name) in why
+    assert 'pip install "mlflow-approvals[sagemaker]"' in why
+
+
 def test_descriptions_fit_sagemaker_and_stay_on_one_line():
     """Descriptions are cut to SageMaker's limit, keep the request id, and carry no newline."""
     many = [(f"user-{i}@example.com\n", "business-owner") for i in range(200)]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         NotAuthorized,
         PolicyError,
         RequestNotFound,
+        SageMakerUnavailable,
     )
     from mlflow_approvals.lifecycle import ApprovalRequest, SignOff, Status
     from mlflow_approvals.policy import Policy, Requirement, Rule, load_policy
@@ -46,6 +47,7 @@ _LAZY = {
     "NotAuthorized": "errors",
     "PolicyError": "errors",
     "RequestNotFound": "errors",
+    "SageMakerUnavailable": "errors",
     "ApprovalRequest": "lifecycle",
     "SignOff": "lifecycle",
     "Status": "lifecycle",
@@ -71,6 +73,7 @@ __all__ = [
     "RequestNotFound",
     "Requirement",
     "Rule",
+    "SageMakerUnavailable",
     "SignOff",
     "Status",
     "__version__",

@@ -11,9 +11,11 @@ with the right exit code::
         ├── PolicyError               (INVALID_PARAMETER_VALUE, 400)
         ├── RequestNotFound           (RESOURCE_DOES_NOT_EXIST, 404)
         ├── InvalidRequest            (INVALID_PARAMETER_VALUE, 400)
+        │   └── AlreadyInEffect       (INVALID_PARAMETER_VALUE, 400)  the target holds already
         ├── ModelVersionNotFound      (RESOURCE_DOES_NOT_EXIST, 404)  no such model/version/alias
         ├── ChecksFailed              (ABORTED, 409)  a check of the rule failed; nothing applied
-        └── AuditUnavailable          (ABORTED, 409)  the audit store could not be written
+        ├── AuditUnavailable          (ABORTED, 409)  the audit store could not be written
+        └── SageMakerUnavailable      (ABORTED, 409)  SageMaker could not be read or changed
 
 No code here has a 5xx error code: MLflow's REST client retries 5xx answers for about 30 seconds,
 and a refusal must come back at once.
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow_approvals.lifecycle import ApprovalRequest
 
 __all__ = [
+    "AlreadyInEffect",
     "ApprovalError",
     "ApprovalPending",
     "AuditUnavailable",
@@ -94,6 +97,14 @@ class InvalidRequest(ApprovalError):
     error_code = INVALID_PARAMETER_VALUE
 
 
+class AlreadyInEffect(InvalidRequest):
+    """The registry already holds what the request asks for: nothing to approve, nothing filed.
+
+    A rerun of a pipeline meets it after its promotion was applied; the command line reports it
+    as done (exit 0), not as an error.
+    """
+
+
 class ModelVersionNotFound(ApprovalError):
     """The registered model, version or alias named does not exist."""
 
@@ -102,6 +113,12 @@ class ModelVersionNotFound(ApprovalError):
 
 class AuditUnavailable(ApprovalError):
     """The audit store could not be written, so the change it would record was not made."""
+
+    error_code = ABORTED
+
+
+class SageMakerUnavailable(ApprovalError):
+    """SageMaker could not be read or changed, so the step it belongs to was not done."""
 
     error_code = ABORTED
 

@@ -26,9 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlflow.protos.databricks_pb2 import ABORTED
-
-from mlflow_approvals.errors import ApprovalError, InvalidRequest
+from mlflow_approvals.errors import ApprovalError, InvalidRequest, SageMakerUnavailable
 from mlflow_approvals.tags import MODEL_PACKAGE_ARN
 
 if TYPE_CHECKING:
@@ -47,6 +45,7 @@ __all__ = [
     "approval_description",
     "boto3_client",
     "check_arn",
+    "missing_boto3",
     "rejection_description",
     "settings_for_arn",
 ]
@@ -73,12 +72,6 @@ Emit = Callable[[str, Mapping[str, Any], Mapping[str, Any], str], str]
 
 Connect = Callable[["SageMakerSettings"], Any]
 """Builds a SageMaker client (boto3's) for a rule's settings."""
-
-
-class SageMakerUnavailable(ApprovalError):
-    """SageMaker could not be read or changed, so the step it belongs to was not done."""
-
-    error_code = ABORTED
 
 
 def check_arn(arn: object, where: str) -> str:
@@ -116,6 +109,24 @@ def rejection_description(request_id: str, actor: str, role: str | None, reason:
     return _clip(
         f"mlflow-approvals request {request_id}: rejected by {actor} ({role or 'no role'}): "
         f"{reason}"
+    )
+
+
+def missing_boto3(rules: Iterable[Rule]) -> str | None:
+    """Why a policy whose rules ask for SageMaker cannot be served here (boto3 is missing), or
+    None. A server checks this when it starts, rather than at the first filing."""
+    asking = [rule.name for rule in rules if rule.sagemaker is not None]
+    if not asking:
+        return None
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return None
+    return (
+        f"rule(s) {', '.join(repr(n) for n in asking)} ask for SageMaker (`sagemaker:`), and "
+        f"boto3 is not installed: {INSTALL_HINT}"
     )
 
 

@@ -72,6 +72,11 @@ def create_app(app: Any = None) -> Any:
         raise SystemExit(
             f"mlflow-approvals: cannot start the approvals server: {message}"
         ) from None
+    from mlflow_approvals.sagemaker import missing_boto3
+
+    unservable = missing_boto3(policy.rules)
+    if unservable:
+        raise SystemExit(f"mlflow-approvals: cannot start the approvals server: {unservable}")
     if settings.auth == "none":
         _log.warning(
             "mlflow-approvals: MLFLOW_APPROVALS_AUTH=none: nobody is authenticated; every "
