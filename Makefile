@@ -55,6 +55,9 @@ bench: $(STAMP)
 	@$(BIN)/python benchmarks/audit_verify.py
 	@$(BIN)/python benchmarks/evidence.py
 	@$(BIN)/python benchmarks/server.py
+	@$(BIN)/python benchmarks/web.py
+	@$(BIN)/python benchmarks/listing.py
+	@$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
