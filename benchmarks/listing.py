@@ -12,8 +12,9 @@ Two registries are built, each a ``sqlite:///`` database in its own temporary fo
   ``EXAMPLE_POLICY``), so every version carries a pending request;
 * ``large``: a copy of ``small`` to which plain ``MlflowClient.create_model_version`` adds
   versions without artifacts, spread evenly over the same models, until the registry holds
-  ``--versions`` (default 10,000). The same requests are pending; the added versions carry no
-  approval tags, like most versions of a real registry.
+  ``--versions`` (default 10,000). The same requests are pending; the added versions carry two
+  ordinary tags each (``team``, ``dataset``) and no approval tags, like most versions of a real
+  registry.
 
 Each registry is then served by a real ``mlflow server`` (sqlite backend, one worker,
 artifacts proxied, job execution off) and, unless ``--no-approvals-server``, by a real
@@ -84,7 +85,8 @@ def build_small(folder: Path, pending: int) -> float:
 
 
 def grow(folder: Path, models: int, total: int) -> float:
-    """Add plain versions (no artifacts, no tags) round-robin over the models up to ``total``."""
+    """Add plain versions (no artifacts, two ordinary tags each) round-robin over the models
+    up to ``total``."""
     from mlflow import MlflowClient
 
     started = time.perf_counter()
@@ -92,7 +94,9 @@ def grow(folder: Path, models: int, total: int) -> float:
     client = MlflowClient(uri, uri)
     for i in range(total - models):
         name = f"{PREFIX}-{i % models:04d}"
-        client.create_model_version(name, f"{folder}/no-artifacts/{name}/{i}")
+        client.create_model_version(
+            name, f"{folder}/no-artifacts/{name}/{i}", tags={"team": "fraud", "dataset": str(i)}
+        )
     return time.perf_counter() - started
 
 
