@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -53,6 +54,21 @@ def test_clean_log_verifies_with_summary():
     assert report.ok
     assert report.summary == "3/3 events valid"
     assert all(line.startswith("VALID   events/v1/") for line in report.lines)
+
+
+@pytest.mark.parametrize(
+    "parent",
+    ["A" * 64, "g" * 64, "a" * 63, "a" * 64 + "\n", 7, None, ["a" * 64]],
+    ids=["upper", "non-hex", "short", "newline", "number", "null", "nested"],
+)
+def test_a_parent_that_is_not_a_hash_makes_the_event_unreadable(parent: Any) -> None:
+    """A parent that is not a SHA-256 hex digest (and no stored file's hash) is refused."""
+    events, anchors = _chain()
+    forged = copy.deepcopy(events[1])
+    forged["data"]["parents"] = [event_hash(events[0]), parent]
+    files = [_file(events[0]), _file(forged), _file(events[2])]
+    (line,) = [x for x in verify_events(files, anchors).events if x.path == files[1][0]]
+    assert line.problem == "unreadable" and "SHA-256" in line.reason
 
 
 def test_duplicate_delivery_is_valid_and_counted_once():

@@ -32,6 +32,7 @@ the reading and ordering helpers here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -101,7 +102,6 @@ _PREFIX_LEN = len(TYPE_PREFIX)
 _ENVELOPE = ("specversion", "id", "source", "type", "time", "subject")
 # The C scanner: json.loads without its wrapper (about a tenth of the cost of a small event).
 _SCAN: Any = getattr(json.JSONDecoder(), "scan_once")  # noqa: B009 (not in typeshed)
-_HASHES = re.compile(r"^(?:[0-9a-f]{64}(?:,(?=.)|$))*\Z")  # comma-joined hashes, or nothing
 
 
 # ---------------------------------------------------------------------------- reports ----
@@ -209,6 +209,7 @@ class VerifyReport:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # a log names few versions; its lines are sorted by them
 def _version_order(version: str | None) -> tuple[int, int, str]:
     if version is None:
         return (0, 0, "")
@@ -315,17 +316,16 @@ class _Entry:
         return self.event is not None and not self.problems
 
 
-def _all_hashes(parents: list[Any]) -> bool:
-    """Is every item a SHA-256 hex digest? (One regex over the joined list: a comma inside an
-    item would add a group, so the length check catches it.)"""
-    try:
-        joined = ",".join(parents)
-    except TypeError:  # an item that is not a string
-        return False
-    return len(joined) == max(65 * len(parents) - 1, 0) and bool(_HASHES.match(joined))
+def _all_hashes(parents: list[Any], known: Collection[str]) -> bool:
+    """Is every item a SHA-256 hex digest? An item equal to the digest of a stored file is one
+    by construction (a set look-up); only the others are matched against the pattern."""
+    for p in parents:
+        if type(p) is not str or (p not in known and not _HASH.fullmatch(p)):
+            return False
+    return True
 
 
-def _shape_problem(event: dict[str, Any]) -> str | None:
+def _shape_problem(event: dict[str, Any], known: Collection[str]) -> str | None:
     """Why a parsed JSON object is not an audit event, or None."""
     for attr in _ENVELOPE:
         if type(event.get(attr)) is not str:
@@ -334,7 +334,7 @@ def _shape_problem(event: dict[str, Any]) -> str | None:
     if not isinstance(data, dict):
         return "not an audit event: no data object"
     parents = data.get("parents")
-    if not isinstance(parents, list) or not _all_hashes(parents):
+    if not isinstance(parents, list) or not _all_hashes(parents, known):
         return "not an audit event: data.parents is not a list of SHA-256 hashes"
     model = data.get("model")
     if not isinstance(model, dict) or "version" not in model:
@@ -342,13 +342,13 @@ def _shape_problem(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _inspect(path: str, raw: bytes) -> _Entry:
+def _inspect(path: str, raw: bytes, digest: str, known: Collection[str]) -> _Entry:
     """Parse one file and check it on its own: readable, named by its hash, in its place.
 
     Its canonical form is checked later, by :func:`_check_canonical`, and only when no anchor
-    pins its bytes.
+    pins its bytes. ``digest`` is the SHA-256 of ``raw``; ``known`` holds the digests of every
+    file of the log.
     """
-    digest = hashlib.sha256(raw).hexdigest()
     m = _BASENAME.match(path, path.rfind("/") + 1)
     entry = _Entry(path, digest, m.group("hash") if m else None, None, raw=raw)
     try:
@@ -366,7 +366,7 @@ def _inspect(path: str, raw: bytes) -> _Entry:
     shape = (
         "not an audit event: not a JSON object"
         if not isinstance(event, dict)
-        else _shape_problem(event)
+        else _shape_problem(event, known)
     )
     if shape:
         entry.problems.append(("unreadable", shape))
@@ -548,7 +548,12 @@ def verify_events(
             held.setdefault(h, set()).add(_deletion_where(v))
     anchors = held
     live = None if live_versions is None else {str(v) for v in live_versions}
-    entries = [_inspect(path, raw) for path, raw in files]
+    stored = [hashlib.sha256(raw).hexdigest() for _, raw in files]
+    known = set(stored)
+    entries = [
+        _inspect(path, raw, digest, known)
+        for (path, raw), digest in zip(files, stored, strict=True)
+    ]
     by_content: dict[str, list[_Entry]] = {}
     named: set[str] = set()
     for entry in entries:
