@@ -95,6 +95,21 @@ def pg_admin(sql: str) -> None:
         conn.close()
 
 
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used here (None: it can)."""
+    try:
+        pg_admin("SELECT 1")
+    except ImportError:
+        return "psycopg2 is not installed: .venv/bin/pip install psycopg2-binary"
+    except Exception as exc:
+        why = " ".join(str(exc).split())
+        return (
+            "PostgreSQL does not answer on 127.0.0.1:5432 as user postgres (trust auth) with a "
+            f"database `test` ({type(exc).__name__}: {why}): start it, or skip this benchmark"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def databases(names: list[str]) -> Iterator[None]:
     """Create the databases; drop them (connections forced closed) on the way out."""
@@ -433,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.processes, args.per_process, args.workers) < 1:
         parser.error("--processes, --per-process and --workers must be at least 1")
 
+    problem = postgres_problem()
+    if problem is not None:
+        print(f"throughput.py needs PostgreSQL: {problem}", file=sys.stderr)
+        return 2
     quiet()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no requests to other hosts
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
