@@ -30,6 +30,7 @@ from conftest import register_versions, unique_name
 from mlflow_approvals.cli import (
     EXIT_ENDED,
     EXIT_ERROR,
+    EXIT_NOT_ALLOWED,
     EXIT_OK,
     EXIT_PENDING,
     EXIT_USAGE,
@@ -229,7 +230,7 @@ def test_cancel_exits_0_and_status_exits_4(local_cli: Cli, local_model: Callable
     )
     rid = _doc(filed)["id"]
     denied = local_cli("cancel", name, version, actor="bob")
-    assert denied.exit_code == EXIT_ERROR and "only the requester" in denied.stderr
+    assert denied.exit_code == EXIT_NOT_ALLOWED and "only the requester" in denied.stderr
     done = local_cli("cancel", name, version, "--request", rid, "-m", "wrong run", actor="alice")
     assert done.exit_code == EXIT_OK, done.output
     status = local_cli("status", name, version, "--request", rid, as_json=True)
@@ -290,11 +291,11 @@ def test_usage_errors_exit_2(local_cli: Cli) -> None:
 
 @pytest.mark.rest
 def test_expected_errors_exit_1_without_traceback(cli: Cli, make_model: Callable[..., Any]) -> None:
-    """A refused sign-off or unknown version exits 1 with one message; --json adds an error doc."""
+    """A refused sign-off (6) or unknown version (1) exits with one message; --json adds a doc."""
     name, (version,) = make_model()
     assert cli("request", name, version, "--stage", "Production", actor="alice").exit_code == 3
     own = cli("approve", name, version, actor="alice")
-    assert own.exit_code == EXIT_ERROR
+    assert own.exit_code == EXIT_NOT_ALLOWED
     assert own.stderr.startswith("error: ") and "separation of duties" in own.stderr
     assert "Traceback" not in own.output and own.stdout == ""
 
@@ -530,7 +531,10 @@ def test_help_documents_the_exit_codes() -> None:
     """`--help` lists every exit code and the environment variables."""
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == EXIT_OK
-    for code in ("0  success", "1  error", "2  usage error", "3  still pending", "4  rejected"):
+    for code in (
+        "0  success", "1  error", "2  usage error", "3  still pending", "4  rejected",
+        "6  not allowed",
+    ):  # fmt: skip
         assert code in result.stdout
     assert "MLFLOW_TRACKING_USERNAME" in result.stdout
 
@@ -553,10 +557,11 @@ def test_docs_describe_every_command_and_option() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
     for opt in _long_options(main):
         assert f"`{opt}" in text, f"docs/cli.md does not mention the global option {opt}"
+    global_options = set(_long_options(main))  # accepted after every command too
     for path, cmd in _commands(main):
         found = re.search(rf"^### `{re.escape(path)}\b.*?(?=^#)", text, flags=re.S | re.M)
         assert found, f"docs/cli.md has no section for `{path}`"
-        for opt in _long_options(cmd):
+        for opt in set(_long_options(cmd)) - global_options:
             assert opt in found.group(0), f"docs/cli.md: section `{path}` does not name {opt}"
 
 
@@ -640,11 +645,11 @@ def test_break_glass_applies_now_and_exits_3_for_the_review(
 def test_break_glass_by_another_role_is_refused(
     cli: Cli, make_model: Callable[..., Any], tracking_uri: str
 ) -> None:
-    """`break-glass` by alice (not in the break-glass roles) fails and moves nothing."""
+    """`break-glass` by alice (not in the break-glass roles) is refused (6) and moves nothing."""
     name, (version,) = make_model()
     result = cli(
         "break-glass", name, version, "--stage", "Production", "--reason", "hurry", actor="alice"
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == EXIT_NOT_ALLOWED, result.output
     mv = ApprovalClient(tracking_uri, tracking_uri).get_model_version(name, version)
     assert mv.current_stage == "None"

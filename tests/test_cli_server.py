@@ -24,6 +24,7 @@ from mlflow_approvals.cli import (
     APPROVAL_ERRORS,
     EXIT_ENDED,
     EXIT_ERROR,
+    EXIT_NOT_ALLOWED,
     EXIT_OK,
     EXIT_PENDING,
     main,
@@ -246,27 +247,27 @@ def test_each_step_is_one_request_in_a_new_process(
 
 
 # ------------------------------------------------------------------------- refusals ------
-def test_not_authorized_approve_exits_1_with_the_error_type(cli: Cli, model: Any) -> None:
-    """A sign-off the policy refuses (mallory has no role) exits 1 as NotAuthorized."""
+def test_not_authorized_approve_exits_6_with_the_error_type(cli: Cli, model: Any) -> None:
+    """A sign-off the policy refuses (mallory has no role) exits 6 as NotAuthorized."""
     name, (version,) = model()
     assert cli("alice", "request", name, version, "--stage", "Production").exit_code == 3
     refused = cli("mallory", "--json", "approve", name, version)
-    assert refused.exit_code == EXIT_ERROR, refused.output
+    assert refused.exit_code == EXIT_NOT_ALLOWED, refused.output
     assert _doc(refused)["error"]["type"] == "NotAuthorized"
     assert "mallory" in refused.stderr and refused.stderr.startswith("error: ")
     assert "Traceback" not in refused.stderr
     own = cli("alice", "approve", name, version)  # separation of duties
-    assert own.exit_code == EXIT_ERROR and "Traceback" not in own.stderr
+    assert own.exit_code == EXIT_NOT_ALLOWED and "Traceback" not in own.stderr
     assert _doc(cli("bob", "--json", "status", name, version))["signoffs"] == []
 
 
 def test_as_another_name_is_refused_before_anything_is_sent(cli: Cli, model: Any) -> None:
-    """--as NAME other than the authenticated user exits 1 (NotAuthorized); nothing is signed."""
+    """--as NAME other than the authenticated user exits 6 (NotAuthorized); nothing is signed."""
     name, (version,) = model()
     assert cli("alice", "request", name, version, "--stage", "Production").exit_code == 3
     with RoundTripCounter().count() as calls:
         claimed = cli("bob", "--json", "--as", "carol", "approve", name, version)
-    assert claimed.exit_code == EXIT_ERROR, claimed.output
+    assert claimed.exit_code == EXIT_NOT_ALLOWED, claimed.output
     assert _doc(claimed)["error"]["type"] == "NotAuthorized"
     assert "authenticated you as 'bob'" in claimed.stderr and "'carol'" in claimed.stderr
     assert {c.path for c in calls} <= {ENDPOINTS + "info"}  # (info is asked once a process)
@@ -356,10 +357,11 @@ def test_commands_never_import_mlflow(approvals_server: ApprovalsServer, model: 
     listed = _no_mlflow(uri, "carol", "--json", "list", "--model", name)
     assert listed.returncode == EXIT_OK and json.loads(listed.stdout)["count"] == 1
     refused = _no_mlflow(uri, "mallory", "--json", "approve", name, v1)
-    assert refused.returncode == EXIT_ERROR, refused.stderr
+    assert refused.returncode == EXIT_NOT_ALLOWED, refused.stderr
     assert json.loads(refused.stdout)["error"]["type"] == "NotAuthorized"
     claimed = _no_mlflow(uri, "mallory", "--as", "dave", "approve", name, v1)
-    assert claimed.returncode == EXIT_ERROR and "authenticated you as 'mallory'" in claimed.stderr
+    assert claimed.returncode == EXIT_NOT_ALLOWED
+    assert "authenticated you as 'mallory'" in claimed.stderr
     assert _no_mlflow(uri, "alice", "request", name, v2, "--alias", "champion").returncode == 3
     rejected = _no_mlflow(uri, "dave", "reject", name, v2, "-m", "not yet")
     assert rejected.returncode == EXIT_OK, rejected.stderr

@@ -281,13 +281,18 @@ def test_actor_without_role_at_open_level_is_refused_and_nothing_written(as_, pl
     assert reserved_tags(plain, name, v) == before
 
 
-def test_a_person_signs_once(as_, make_model):
-    """A second sign-off by the same person is refused."""
+def test_a_person_signs_once(as_, plain, make_model):
+    """A retried approval changes nothing; the other decision after one's own is refused."""
     name, (v,) = make_model()
     as_("alice").request_transition(name, v, "Production")
     as_("bob").approve(name, v)
-    with pytest.raises(InvalidRequest, match="already signed"):
-        as_("bob").approve(name, v)
+    before = reserved_tags(plain, name, v)
+    again, new = as_("bob").sign_request(name, v, "approve")
+    assert not new and [s.actor for s in again.signoffs] == ["bob"]
+    assert reserved_tags(plain, name, v) == before
+    with pytest.raises(NotAuthorized, match="already signed"):
+        as_("bob").reject(name, v, "changed my mind")
+    assert reserved_tags(plain, name, v) == before
 
 
 def test_one_signoff_counts_toward_one_requirement(tracking_uri, policy_dict, make_model):

@@ -6,8 +6,13 @@ an exit code a pipeline can branch on (see ``docs/cli.md``)::
 
     0  success (``wait``: applied)         3  still pending
     1  error                               4  rejected, cancelled, expired, superseded or
-    2  usage error                            invalidated
+    2  usage error (a bad value too)          invalidated
                                            5  a check of the rule failed (check, request)
+                                           6  not allowed (not authorized, separation of
+                                              duties, a person signs once)
+
+A step that was done already succeeds and says so: ``request`` for a target in effect (or with
+its request open), ``approve`` by someone who signed, ``wait`` on a target in effect.
 
 Start-up time matters here: importing MLflow takes seconds, so nothing from MLflow (nor the
 modules that import it: ``client``, ``errors``, ``engine``, ...) is imported at module level.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -49,7 +55,7 @@ from mlflow_approvals.render import safe
 
 if TYPE_CHECKING:
     from mlflow_approvals.client import ApprovalClient
-    from mlflow_approvals.lifecycle import ApprovalRequest
+    from mlflow_approvals.lifecycle import ApprovalRequest, Target
     from mlflow_approvals.policy import Policy
     from mlflow_approvals.remote import RemoteError, RemoteLifecycle
 
@@ -59,6 +65,7 @@ __all__ = [
     "EXIT_CHECKS",
     "EXIT_ENDED",
     "EXIT_ERROR",
+    "EXIT_NOT_ALLOWED",
     "EXIT_OK",
     "EXIT_PENDING",
     "EXIT_USAGE",
@@ -72,13 +79,16 @@ EXIT_USAGE = 2  # click's own code for usage errors
 EXIT_PENDING = 3
 EXIT_ENDED = 4
 EXIT_CHECKS = 5
+EXIT_NOT_ALLOWED = 6
 
 _POLICY_ENV = "MLFLOW_APPROVALS_POLICY"  # as policy.ENV_VAR, which this module must not import
 _SERVER_ENV = "MLFLOW_APPROVALS_SERVER"  # 1: an approvals server; 0: never its endpoints
+_NO_POLICY_ENV = "MLFLOW_APPROVALS_NO_POLICY"  # true: no policy on purpose (nothing gated)
 # The error classes of mlflow_approvals.errors (which imports MLflow), as the approvals server
 # names them in its error answers ("mlflow_approvals_error"); tests check the two agree.
 APPROVAL_ERRORS = frozenset(
     {
+        "AlreadyInEffect",
         "ApprovalError",
         "ApprovalPending",
         "AuditUnavailable",
@@ -88,8 +98,10 @@ APPROVAL_ERRORS = frozenset(
         "NotAuthorized",
         "PolicyError",
         "RequestNotFound",
+        "SageMakerUnavailable",
     }
 )
+_NOT_ALLOWED = frozenset({"NotAuthorized", "PermissionDenied"})  # exit 6, not 1
 _ENDED = ("rejected", "cancelled", "expired", "superseded", "invalidated")
 _STATUS_CHOICES = (
     "pending",
@@ -105,18 +117,22 @@ _STATUS_CHOICES = (
 
 _EXIT_CODES_HELP = """\b
 Exit codes:
-  0  success (wait: the request was applied; reject and cancel: done as asked)
+  0  success, also when it was done already (request: in effect; approve: signed;
+     wait: the request was applied, or the target is in effect)
   1  error: the message on stderr says what to do (--debug shows the traceback)
-  2  usage error: a missing or invalid argument
+  2  usage error: a missing or invalid argument or value (a version such as v2, --stage prod)
   3  still pending (request, status; wait when --timeout passes)
   4  rejected, cancelled, expired, superseded or invalidated (status, wait)
   5  a check the rule demands failed (check; request, approve: nothing filed or applied)
+  6  not allowed: not authorized, separation of duties, a person signs once, a denied target
 
 \b
+Global options may come before or after the command.
 Environment: MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_USERNAME
 (the actor, unless --as), MLFLOW_APPROVALS_POLICY (the policy file, unless --policy),
-MLFLOW_APPROVALS_SERVER (1: the tracking server must run the approvals app; 0: do not send
-steps to its approval endpoints directly).
+MLFLOW_APPROVALS_NO_POLICY (true: no policy on purpose), MLFLOW_APPROVALS_SERVER (1: the
+tracking server must run the approvals app; 0: do not send steps to its approval endpoints
+directly).
 """
 
 
@@ -127,9 +143,11 @@ class Settings:
 
     tracking_uri: str | None = None
     policy: str | None = None
+    no_policy: bool = False
     actor: str | None = None
     json: bool = False
     debug: bool = False
+    uri_given: bool = False  # --tracking-uri on the command line (not from the environment)
     _client: ApprovalClient | None = field(default=None, repr=False)
     _server: RemoteLifecycle | None = field(default=None, repr=False)
     _server_state: str = field(default="unknown", repr=False)  # unknown/assumed/confirmed/none
@@ -141,11 +159,32 @@ class Settings:
             # in a terminal or a pipeline should say so within seconds. A value the user set wins.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_RETRIES)
             from mlflow_approvals.client import ApprovalClient
+            from mlflow_approvals.policy import Policy
 
+            # No policy is the command's to refuse or allow (see require_policy), not a warning.
             self._client = ApprovalClient(
-                tracking_uri=self.tracking_uri, policy=self.policy, actor=self.actor
+                tracking_uri=self.tracking_uri, policy=self.policy or Policy(), actor=self.actor
             )
         return self._client
+
+    def require_policy(self, client: ApprovalClient) -> None:
+        """Refuse a gated step without a policy, unless an approvals server decides (it applies
+        its own) or --no-policy says so on purpose, which is then said on stderr."""
+        if self.policy is not None or client.enforcing_server:
+            return
+        if not self.no_policy:
+            raise Failure(
+                "no policy: without one nothing is gated, and the change would be applied at "
+                "once. Pass --policy FILE or set MLFLOW_APPROVALS_POLICY (check its spelling "
+                f"in the pipeline's environment); to run without a policy on purpose, pass "
+                f"--no-policy or set {_NO_POLICY_ENV}=true",
+                "NoPolicy",
+            )
+        _echo(
+            f"warning: no policy (--no-policy / {_NO_POLICY_ENV}): nothing is gated, the "
+            "change is applied at once",
+            err=True,
+        )
 
     # -- the approvals server's endpoints, without MLflow ----------------------------------
     def _server_mode(self) -> str:
@@ -201,7 +240,7 @@ class Settings:
             return None
         remote.info = dict(info)
         if remote.user and self.actor != remote.user:
-            raise Failure(
+            raise NotAllowed(
                 f"the server authenticated you as '{remote.user}'; acting as '{self.actor}' "
                 f"cannot be claimed. Sign in as '{self.actor}' instead "
                 "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD), or drop --as",
@@ -322,6 +361,18 @@ class Failure(click.ClickException):
             _echo(line, err=True)
 
 
+class NotAllowed(Failure):
+    """A refusal: not authorized, separation of duties, a person signs once (exit code 6)."""
+
+    exit_code = EXIT_NOT_ALLOWED
+
+
+def _refusal(message: str, kind: str, *, multiline: bool = False) -> Failure:
+    """A Failure of error class ``kind``: exit 6 for a refusal (``_NOT_ALLOWED``), else 1."""
+    cls = NotAllowed if kind in _NOT_ALLOWED else Failure
+    return cls(message, kind, multiline=multiline)
+
+
 class ChecksFailure(Failure):
     """Checks the rule demands failed (exit code 5): the message, then one line per check."""
 
@@ -378,7 +429,9 @@ def _remote_failure(exc: RemoteError, settings: Settings) -> Failure:
         return ChecksFailure(exc.message, CheckReport.from_dict(exc.checks))
     if exc.kind in APPROVAL_ERRORS:
         # as client._remote_call reports it
-        return Failure(exc.message, "InvalidRequest" if exc.kind == "ApprovalPending" else exc.kind)
+        return _refusal(
+            exc.message, "InvalidRequest" if exc.kind == "ApprovalPending" else exc.kind
+        )
     if exc.status == 401:
         return Failure(
             f"the tracking server at {settings.where()} did not accept the credentials (HTTP "
@@ -388,7 +441,8 @@ def _remote_failure(exc: RemoteError, settings: Settings) -> Failure:
         )
     text = exc.message.strip()
     first = text.splitlines()[0] if text else f"HTTP {exc.status}"
-    return Failure(f"MLflow: {first[:500]}", "MlflowException")
+    kind = "PermissionDenied" if exc.status == 403 else "MlflowException"
+    return _refusal(f"MLflow: {first[:500]}", kind)
 
 
 def _failure(exc: Exception, settings: Settings) -> Failure:
@@ -406,7 +460,7 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
         if isinstance(exc, ApprovalError):
             # a PolicyError lists the local policy file's problems, one per line
             multiline = isinstance(exc, PolicyError)
-            return Failure(exc.message, type(exc).__name__, multiline=multiline)
+            return _refusal(exc.message, type(exc).__name__, multiline=multiline)
         if isinstance(exc, MlflowException):
             message = str(exc.message)
             if message.startswith("API request to") and "failed with exception" in message:
@@ -417,7 +471,9 @@ def _failure(exc: Exception, settings: Settings) -> Failure:
                     "ConnectionError",
                 )
             first = message.strip().splitlines()[0] if message.strip() else repr(exc)
-            return Failure(f"MLflow: {first[:500]}", type(exc).__name__)
+            denied = exc.error_code == "PERMISSION_DENIED"  # e.g. basic-auth: not allowed
+            kind = "PermissionDenied" if denied else type(exc).__name__
+            return _refusal(f"MLflow: {first[:500]}", kind)
     if "requests" in sys.modules:
         import requests
 
@@ -485,7 +541,8 @@ class _Group(click.Group):
                 if escaped is exc:
                     raise
                 raise escaped from exc
-            exc.as_json = bool(ctx.params.get("as_json"))
+            found = ctx.find_object(Settings)
+            exc.as_json = found.json if found else bool(ctx.params.get("as_json"))
             raise
         except Exception as exc:
             settings = ctx.find_object(Settings) or Settings()
@@ -658,42 +715,114 @@ def _finish(code: int) -> NoReturn:
 
 
 # ------------------------------------------------------------------------- the group -----
+# The global options, defined once: on the group (where they read the environment), and on
+# every command, so that they may follow the command too (`approve fraud-model 3 --as bob`).
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("--tracking-uri", "tracking_uri"),
+        {
+            "envvar": "MLFLOW_TRACKING_URI",
+            "metavar": "URI",
+            "help": "The MLflow tracking server (http://...) or sqlite:/// registry. The "
+            "registry URI follows it unless MLFLOW_REGISTRY_URI is set.",
+        },
+    ),
+    (
+        ("--policy", "policy"),
+        {
+            "envvar": _POLICY_ENV,
+            "metavar": "FILE",
+            "help": "The approval policy (YAML or JSON). Without one `request` refuses, "
+            "unless --no-policy or an approvals server (which applies its own) decides.",
+        },
+    ),
+    (
+        ("--no-policy", "no_policy"),
+        {
+            "is_flag": True,
+            "envvar": _NO_POLICY_ENV,
+            "help": "Run without a policy on purpose: nothing is gated, every request is "
+            "applied at once.",
+        },
+    ),
+    (
+        ("--as", "actor"),
+        {
+            "metavar": "USER",
+            "help": "Who acts (default: MLFLOW_TRACKING_USERNAME, else the OS user). In "
+            "client-gated mode this is a claim, not a proof; against an approvals server it "
+            "must be the user you signed in as.",
+        },
+    ),
+    (
+        ("--json", "as_json"),
+        {
+            "is_flag": True,
+            "help": "Print one JSON document on stdout and nothing else there; messages go to "
+            "stderr.",
+        },
+    ),
+    (("--debug", "debug"), {"is_flag": True, "help": "Show the traceback of an error."}),
+)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _check_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A tracking URI MLflow can use: one without a scheme is a usage error saying what to
+    write (MLflow would take it for a file store path and answer with its file-store notice)."""
+    if not value:
+        return None
+    if "://" in value or re.match(r"^(databricks|databricks-uc|uc)(:|$)", value):
+        return value
+    raise click.BadParameter(
+        f"the tracking URI '{value}' has no scheme. Write http://{value.lstrip('/')} (or "
+        f"https://...) for a tracking server, or sqlite:///path/to/mlflow.db for a local "
+        "registry.",
+        param_hint="'--tracking-uri' / MLFLOW_TRACKING_URI",
+    )
+
+
+def _hoist(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: it overrides the group's value."""
+    if param.name is None or ctx.get_parameter_source(param.name) is not (
+        click.core.ParameterSource.COMMANDLINE
+    ):
+        return
+    settings = ctx.ensure_object(Settings)
+    if param.name == "tracking_uri":
+        settings.tracking_uri = _check_uri(ctx, param, value)
+        settings.uri_given = True
+    else:
+        attribute = {"as_json": "json"}.get(param.name, param.name)
+        setattr(settings, attribute, value)
+
+
+def _global(command: _F) -> _F:
+    """Accept the global options after the command as well (the same definitions)."""
+    for decls, kwargs in reversed(_GLOBAL_OPTIONS):
+        extra = {k: v for k, v in kwargs.items() if k != "envvar"}
+        command = click.option(*decls, expose_value=False, callback=_hoist, **extra)(command)
+    return command
+
+
+def _group_options(group: _F) -> _F:
+    for decls, kwargs in reversed(_GLOBAL_OPTIONS):
+        extra: dict[str, Any] = {"show_envvar": "envvar" in kwargs, **kwargs}
+        if decls[0] == "--tracking-uri":
+            extra["callback"] = _check_uri
+        group = click.option(*decls, **extra)(group)
+    return group
+
+
 @click.group(cls=_Group, epilog=_EXIT_CODES_HELP, context_settings={"max_content_width": 100})
-@click.option(
-    "--tracking-uri",
-    envvar="MLFLOW_TRACKING_URI",
-    show_envvar=True,
-    help="The MLflow tracking server or sqlite:/// registry. The registry URI follows it "
-    "unless MLFLOW_REGISTRY_URI is set.",
-)
-@click.option(
-    "--policy",
-    envvar=_POLICY_ENV,
-    show_envvar=True,
-    metavar="FILE",
-    help="The approval policy (YAML or JSON). Without one, nothing is gated.",
-)
-@click.option(
-    "--as",
-    "actor",
-    metavar="USER",
-    help="Who acts (default: MLFLOW_TRACKING_USERNAME, else the OS user). In client-gated "
-    "mode this is a claim, not a proof; against an approvals server it must be the user you "
-    "signed in as.",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print one JSON document on stdout and nothing else there; messages go to stderr.",
-)
-@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+@_group_options
 @click.version_option(__version__, prog_name="mlflow-approvals")
 @click.pass_context
 def main(
     ctx: click.Context,
     tracking_uri: str | None,
     policy: str | None,
+    no_policy: bool,
     actor: str | None,
     as_json: bool,
     debug: bool,
@@ -702,36 +831,99 @@ def main(
 
     Ask for a model version to move to a stage or alias (request), sign off (approve, reject),
     follow it (status, wait, list), and check the tamper-evident audit trail (audit verify).
+    The global options may come before or after the command.
     """
+    source = ctx.get_parameter_source("tracking_uri")
     ctx.obj = Settings(
         tracking_uri=tracking_uri or None,
         policy=policy or None,
+        no_policy=no_policy,
         actor=actor,
         json=as_json,
         debug=debug,
+        uri_given=source is click.core.ParameterSource.COMMANDLINE,
     )
 
 
 _comment = click.option("--comment", "-m", help="Why: recorded with the request and audit event.")
 _request_id = click.option(
-    "--request", "request_id", metavar="ID", help="The request (default: the version's open one)."
+    "--request",
+    "request_id",
+    metavar="ID",
+    help="The request (default: the version's open one, else the one applied last, else the "
+    "newest).",
 )
-_pass = click.make_pass_decorator(Settings)
+_pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+def _pass(command: _F) -> _F:
+    """Pass the Settings to a command, which also accepts the global options after its name."""
+    passed: _F = _pass_settings(command)  # type: ignore[assignment]
+    return _global(passed)
+
+
+class _Version(click.ParamType):  # type: ignore[type-arg]
+    """A model version: a whole number (``3``), else a usage error."""
+
+    name = "version"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not text.isdigit():
+            self.fail(f"{value!r} is not a model version: a version is a number such as 3")
+        return str(int(text))
+
+
+VERSION = _Version()
+_ALIAS = re.compile(r"^[\w\-]{1,255}$")  # as engine.validate_alias, without importing MLflow
+
+
+def _stage(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The canonical spelling of a --stage value; else a usage error listing the stages."""
+    from mlflow_approvals.policy import canonical_stage
+
+    if value is None:
+        return None
+    try:
+        return canonical_stage(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _alias(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An --alias value MLflow accepts; else a usage error saying what an alias may be."""
+    if value is None:
+        return None
+    if not _ALIAS.match(value) or value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+        raise click.BadParameter(
+            f"{value!r} is not an alias: use letters, digits, '_' and '-' (at most 255), and "
+            "not 'latest' or a version-like name such as 'v3'"
+        )
+    return value
 
 
 # ------------------------------------------------------------------------- requests ------
+_stage_option = click.option(
+    "--stage",
+    metavar="STAGE",
+    callback=_stage,
+    help="Ask for this stage (None, Staging, Production, Archived).",
+)
+_alias_option = click.option(
+    "--alias", metavar="ALIAS", callback=_alias, help="Ask for this alias to point at the version."
+)
+
+
 @main.command()
 @click.argument("model")
-@click.argument("version")
-@click.option(
-    "--stage", metavar="STAGE", help="Ask for this stage (None, Staging, Production, Archived)."
-)
+@click.argument("version", type=VERSION)
+@_stage_option
 @click.option(
     "--archive-existing",
     is_flag=True,
     help="With --stage: archive the versions in that stage when the request is applied.",
 )
-@click.option("--alias", metavar="ALIAS", help="Ask for this alias to point at the version.")
+@_alias_option
 @_comment
 @_pass
 def request(
@@ -745,8 +937,9 @@ def request(
 ) -> None:
     """Ask for MODEL VERSION to move to a stage (--stage) or an alias (--alias).
 
-    Exits 3 while the request waits for sign-off, 0 when no rule gates the target and the
-    change was applied at once.
+    Exits 3 while the request waits for sign-off (a request for the same target that is open
+    already is returned, not filed again), 0 when no rule gates the target and the change was
+    applied at once, or when the version holds the target already (nothing is filed).
     """
     if (stage is None) == (alias is None):
         raise click.UsageError("give exactly one of --stage STAGE or --alias ALIAS")
@@ -755,20 +948,34 @@ def request(
     from mlflow_approvals.lifecycle import Target
 
     if stage is not None:
-        target = Target("stage", stage, "set", archive_existing)  # the server checks the stage
-        req = settings.run(
-            lambda server: server.file(model, version, target, comment),
-            lambda client: client.request_transition(
-                model, version, stage, archive_existing, comment=comment
-            ),
-        )
+        target = Target("stage", stage, "set", archive_existing)
     else:
-        assert alias is not None
-        target = Target("alias", alias, "set")
-        req = settings.run(
-            lambda server: server.file(model, version, target, comment),
-            lambda client: client.request_alias(model, version, alias, comment=comment),
+        target = Target("alias", alias or "", "set")
+
+    def on_client(client: ApprovalClient) -> tuple[ApprovalRequest, bool]:
+        settings.require_policy(client)
+        return client.file_request(
+            model,
+            version,
+            stage=stage,
+            alias=alias,
+            archive_existing_versions=archive_existing,
+            comment=comment,
         )
+
+    try:
+        req, created = settings.run(
+            lambda server: server.filed(model, version, target, comment), on_client
+        )
+    except Exception as exc:
+        if not _is_error(exc, "AlreadyInEffect"):
+            raise
+        _in_effect(settings, model, version, target)
+        return
+    doc = {**req.to_dict(), "created": created, "already": None if created else "open"}
+    notes = [] if created else _not_new(req, comment, archive_existing)
+    for line in notes if settings.json else ():
+        _echo(line, err=True)
 
     def human() -> list[str]:
         if _applied_at_once(req):
@@ -776,7 +983,7 @@ def request(
                 f"no rule of the policy gates {_target(req)} of {model}: applied at once "
                 f"({req.name} v{req.version} -> {_target(req)})"
             ]
-        lines = _request_view(req)
+        lines = [*notes, *_request_view(req)]
         if req.status.value == "pending":
             lines.append(
                 f"next: approvers run `mlflow-approvals approve {req.name} {req.version}`; "
@@ -784,15 +991,98 @@ def request(
             )
         return lines
 
-    settings.out(req.to_dict(), human)
+    settings.out(doc, human)
     _finish(_exit_for(req))
+
+
+def _same(a: Target, b: Target) -> bool:
+    """One target: the same stage, or the same alias and action (as engine.same_target)."""
+    return (a.kind, a.value, a.action) == (b.kind, b.value, b.action)
+
+
+def _unrecorded(comment: str) -> str:
+    return f'your comment was not recorded: "{comment}" (nothing new was signed)'
+
+
+def _is_error(exc: Exception, kind: str) -> bool:
+    """True when ``exc`` is the error class ``kind`` (or a subclass), raised in this process
+    or named by the approvals server's answer."""
+    remote = sys.modules.get("mlflow_approvals.remote")
+    if remote is not None and isinstance(exc, remote.RemoteError):
+        return bool(exc.kind == kind)
+    return kind in {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _not_new(req: ApprovalRequest, comment: str | None, archive: bool) -> list[str]:
+    """What a `request` that found its request open already tells: nothing new, and what of
+    the asked was not recorded (a comment, another --archive-existing)."""
+    lines = [
+        f"not new: request {req.id} for {_target(req)} was open already (filed by "
+        f"{req.requester} at {_ts(req.created_at)}); nothing was filed"
+    ]
+    if comment and comment != req.comment:
+        lines.append(
+            f'your comment was not recorded: "{comment}" (the request keeps its own). To '
+            "record it, cancel the request and file it again"
+        )
+    if req.target_kind == "stage" and req.archive_existing_versions != archive:
+        does = "archives" if req.archive_existing_versions else "does not archive"
+        asked = "with" if archive else "without"
+        lines.append(
+            f"the open request {does} the versions in stage {req.target} when applied; you "
+            f"asked {asked} --archive-existing. To change that, cancel it (`mlflow-approvals "
+            f"cancel {req.name} {req.version} --request {req.id}`) and file it again"
+        )
+    return lines
+
+
+def _in_effect(settings: Settings, model: str, version: str, target: Target) -> NoReturn:
+    """`request` for a target the version holds already: nothing filed, exit 0, with the
+    request that applied it when there is one."""
+    held: ApprovalRequest | None = None
+    try:
+        found = _get(settings, model, version, None)
+        if found.status.value == "applied" and _same(found.record.target, target):
+            held = found
+    except Exception:  # no request, or several open: the registry's word is enough
+        held = None
+    what = f"stage {target.value}" if target.kind == "stage" else f"alias @{target.value}"
+    if held is not None:
+        doc: dict[str, Any] = held.to_dict()
+    else:
+        doc = {
+            "id": "",
+            "name": model,
+            "version": version,
+            "target": {
+                "kind": target.kind,
+                "value": target.value,
+                "action": target.action,
+                "archive_existing_versions": target.archive_existing_versions,
+            },
+            "status": "applied",
+        }
+    doc.update(created=False, already="in effect")
+
+    def human() -> list[str]:
+        head = f"{model} v{version} already has {what}: nothing was filed"
+        if held is None:
+            return [head]
+        return [f"{head} (applied by request {held.id})", *_request_view(held)]
+
+    settings.out(doc, human)
+    _finish(EXIT_OK)
 
 
 @main.command()
 @click.argument("model")
-@click.argument("version")
-@click.option("--stage", metavar="STAGE", help="Check what moving to this stage demands.")
-@click.option("--alias", metavar="ALIAS", help="Check what pointing this alias here demands.")
+@click.argument("version", type=VERSION)
+@click.option(
+    "--stage", metavar="STAGE", callback=_stage, help="Check what moving to this stage demands."
+)
+@click.option(
+    "--alias", metavar="ALIAS", callback=_alias, help="Check what pointing this alias here demands."
+)
 @_pass
 def check(
     settings: Settings, model: str, version: str, stage: str | None, alias: str | None
@@ -829,14 +1119,16 @@ def check(
 
 @main.command(name="break-glass")
 @click.argument("model")
-@click.argument("version")
-@click.option("--stage", metavar="STAGE", help="Apply this stage now.")
+@click.argument("version", type=VERSION)
+@click.option("--stage", metavar="STAGE", callback=_stage, help="Apply this stage now.")
 @click.option(
     "--archive-existing",
     is_flag=True,
     help="With --stage: archive the versions in that stage.",
 )
-@click.option("--alias", metavar="ALIAS", help="Point this alias at the version now.")
+@click.option(
+    "--alias", metavar="ALIAS", callback=_alias, help="Point this alias at the version now."
+)
 @click.option("--reason", required=True, help="What the emergency is (recorded; required).")
 @_pass
 def break_glass(
@@ -889,7 +1181,7 @@ def break_glass(
 
 @main.command()
 @click.argument("model")
-@click.argument("version")
+@click.argument("version", type=VERSION)
 @_request_id
 @_comment
 @_pass
@@ -901,29 +1193,35 @@ def approve(
     The sign-off that completes the last level applies the promotion. Approving a request that
     is approved but not applied (its apply failed) retries the apply.
     """
-    req = settings.run(
-        lambda server: server.sign(model, version, "approve", comment, request_id),
-        lambda client: client.approve(model, version, comment=comment, request_id=request_id),
+    req, new = settings.run(
+        lambda server: server.signed(model, version, "approve", comment, request_id),
+        lambda client: client.sign_request(model, version, "approve", comment, request_id),
     )
+    actor = settings.acting()
+    mine = next((s for s in req.signoffs if s.actor == actor), None)
+    notes = [] if new or not comment else [_unrecorded(comment)]
+    for line in notes if settings.json else ():
+        _echo(line, err=True)
 
     def human() -> list[str]:
-        actor = settings.acting()
-        mine = next((s for s in req.signoffs if s.actor == actor), None)
-        head = (
-            f"{actor} signed request {req.id}: {mine.meaning}"
-            if mine is not None
-            else f"request {req.id}"
-        )
+        if not new:
+            what = f": {mine.meaning} at {_ts(mine.time)}" if mine is not None else ""
+            head = f"{actor or 'you'} had already signed request {req.id}{what}; nothing new "
+            head += "was recorded"
+        elif mine is not None:
+            head = f"{actor} signed request {req.id}: {mine.meaning}"
+        else:
+            head = f"request {req.id}"
         if req.status.value == "applied":
             head += f"; applied: {req.name} v{req.version} -> {_target(req)}"
-        return [head, *_request_view(req)]
+        return [head, *notes, *_request_view(req)]
 
-    settings.out(req.to_dict(), human)
+    settings.out({**req.to_dict(), "already": None if new else "signed"}, human)
 
 
 @main.command()
 @click.argument("model")
-@click.argument("version")
+@click.argument("version", type=VERSION)
 @click.option("--comment", "-m", required=True, help="Why it is rejected (required).")
 @_request_id
 @_pass
@@ -931,18 +1229,22 @@ def reject(
     settings: Settings, model: str, version: str, comment: str, request_id: str | None
 ) -> None:
     """Reject the request on MODEL VERSION: one rejection ends it. A reason is required."""
-    req = settings.run(
-        lambda server: server.sign(model, version, "reject", comment, request_id),
-        lambda client: client.reject(model, version, comment, request_id=request_id),
+    req, new = settings.run(
+        lambda server: server.signed(model, version, "reject", comment, request_id),
+        lambda client: client.sign_request(model, version, "reject", comment, request_id),
     )
     rejection = next((s for s in req.signoffs if s.decision == "reject"), None)
     actor = rejection.actor if rejection is not None else settings.acting()
-    settings.out(req.to_dict(), lambda: [f"{actor} rejected request {req.id}", *_request_view(req)])
+    head = f"{actor} rejected request {req.id}"
+    if not new:
+        head = f"{actor} had already rejected request {req.id}; nothing new was recorded"
+    doc = {**req.to_dict(), "already": None if new else "signed"}
+    settings.out(doc, lambda: [head, *_request_view(req)])
 
 
 @main.command()
 @click.argument("model")
-@click.argument("version")
+@click.argument("version", type=VERSION)
 @_request_id
 @_comment
 @_pass
@@ -960,20 +1262,117 @@ def cancel(
     )
 
 
+_follow_stage = click.option(
+    "--stage",
+    metavar="STAGE",
+    callback=_stage,
+    help="The request for this stage; if none, whether the version holds it (applied at once).",
+)
+_follow_alias = click.option(
+    "--alias",
+    metavar="ALIAS",
+    callback=_alias,
+    help="The request for this alias; if none, whether the version holds it.",
+)
+
+
 @main.command()
 @click.argument("model")
-@click.argument("version")
+@click.argument("version", type=VERSION)
 @_request_id
+@_follow_stage
+@_follow_alias
 @_pass
-def status(settings: Settings, model: str, version: str, request_id: str | None) -> None:
+def status(
+    settings: Settings,
+    model: str,
+    version: str,
+    request_id: str | None,
+    stage: str | None,
+    alias: str | None,
+) -> None:
     """Show the request on MODEL VERSION level by level: who signed, what is missing.
 
-    Without --request: the open request, else the newest. Exits 0 when applied, 3 when still
-    pending (or approved but not applied), 4 when rejected, cancelled, expired or superseded.
+    Without --request: the open request, else the one applied last, else the newest (with
+    --stage or --alias: the request for that target). Exits 0 when applied (or the target is in
+    effect), 3 when still pending (or approved but not applied), 4 when rejected, cancelled,
+    expired, superseded or invalidated.
     """
-    req = _get(settings, model, version, request_id)
+    target = _follow_target(stage, alias)
+    req = _follow(settings, model, version, request_id, target)
+    if req is None:
+        assert target is not None
+        doc = {"name": model, "version": version, "in_effect": True, "request": None}
+        settings.out(doc, lambda: [_held_line(model, version, target)])
+        _finish(EXIT_OK)
     settings.out(req.to_dict(), lambda: _request_view(req))
     _finish(_exit_for(req))
+
+
+def _follow_target(stage: str | None, alias: str | None) -> Target | None:
+    """The target --stage or --alias names (at most one), or None."""
+    from mlflow_approvals.lifecycle import Target
+
+    if stage is not None and alias is not None:
+        raise click.UsageError("give at most one of --stage STAGE or --alias ALIAS")
+    if stage is not None:
+        return Target("stage", stage, "set")
+    return None if alias is None else Target("alias", alias, "set")
+
+
+def _held_line(model: str, version: str, target: Target) -> str:
+    return (
+        f"{model} v{version} already has {target} and no request for it: it was applied at "
+        "once (no rule gates it) or changed outside the approvals; nothing to wait for"
+    )
+
+
+def _follow(
+    settings: Settings, model: str, version: str, request_id: str | None, target: Target | None
+) -> ApprovalRequest | None:
+    """The request `status` and `wait` follow: ``request_id``; else, for ``target``, its open
+    request, else the one applied last, else the newest; else the version's obvious request.
+    None when ``target`` has no request and the version holds it already."""
+    if request_id is not None:
+        return _get(settings, model, version, request_id)
+    if target is None:
+        try:
+            return _get(settings, model, version, None)
+        except Exception as exc:
+            if not _is_error(exc, "RequestNotFound"):
+                raise
+            raise Failure(
+                f"{model} v{version} has no approval request. If its target was applied at once "
+                "(no rule gates it), pass --stage STAGE or --alias ALIAS to check that the "
+                "version holds it; else file one with `mlflow-approvals request`",
+                "RequestNotFound",
+            ) from None
+    found = settings.run(
+        lambda server: server.list_requests(model, None),
+        lambda client: client.list_requests(model, status=None),
+    )
+    mine = [r for r in found if r.version == version and _same(r.record.target, target)]
+    open_ = [r for r in mine if r.is_open]
+    applied = [r for r in mine if r.applied is not None]
+    if open_:
+        return open_[0]
+    if applied:
+        return max(applied, key=lambda r: r.applied.time if r.applied else r.created_at)
+    if mine:
+        return mine[-1]
+    mv = settings.client().get_model_version(model, version)
+    held = (
+        mv.current_stage == target.value
+        if target.kind == "stage"
+        else (target.value in (mv.aliases or []))
+    )
+    if held:
+        return None
+    raise Failure(
+        f"{model} v{version} has no request for {target}, and does not hold it: file one with "
+        f"`mlflow-approvals request {model} {version} --{target.kind} {target.value}`",
+        "RequestNotFound",
+    )
 
 
 @main.command(name="list")
@@ -1009,7 +1408,8 @@ def list_(settings: Settings, model: str | None, status_: str) -> None:
                     r.id,
                     r.name,
                     r.version,
-                    f"{r.target_kind} {r.target}",
+                    f"{r.target_kind} {r.target}"
+                    + (" (archive existing)" if r.archive_existing_versions else ""),
                     r.status.value,
                     needs,
                     r.requester,
@@ -1046,8 +1446,10 @@ def _progress_line(req: ApprovalRequest) -> str:
 
 @main.command()
 @click.argument("model")
-@click.argument("version")
+@click.argument("version", type=VERSION)
 @_request_id
+@_follow_stage
+@_follow_alias
 @click.option(
     "--timeout",
     default="2h",
@@ -1072,18 +1474,30 @@ def wait(
     model: str,
     version: str,
     request_id: str | None,
+    stage: str | None,
+    alias: str | None,
     timeout: str,
     interval: str,
 ) -> None:
     """Block until the request on MODEL VERSION is applied or ends (rejected, cancelled, ...).
 
-    Prints a progress line whenever something changes (which level is open, who signed, what is
-    missing). Exits 0 when applied, 4 when it ended otherwise, 3 on timeout.
+    Without --request: the open request, else the one applied last, else the newest; with
+    --stage or --alias, the request for that target, and when it has none but the version holds
+    it (applied at once: no rule gates it), there is nothing to wait for. Prints a progress line
+    whenever something changes (which level is open, who signed, what is missing). Exits 0 when
+    applied or in effect, 4 when it ended otherwise, 3 on timeout.
     """
     limit = _parse_duration(timeout, "--timeout").total_seconds()
     every = _parse_duration(interval, "--interval").total_seconds()
     started = time.monotonic()
-    req = _get(settings, model, version, request_id)
+    target = _follow_target(stage, alias)
+    found = _follow(settings, model, version, request_id, target)
+    if found is None:
+        assert target is not None
+        doc = {"outcome": "in effect", "waited_seconds": 0.0, "request": None}
+        settings.out(doc, lambda: [_held_line(model, version, target)])
+        _finish(EXIT_OK)
+    req = found
     request_id = req.id  # follow this request, even if another one is filed meanwhile
     seen: tuple[Any, ...] | None = None
     outcome = "timeout"
@@ -1124,7 +1538,7 @@ def audit() -> None:
 
 @audit.command(name="verify")
 @click.argument("model")
-@click.argument("version", required=False)
+@click.argument("version", type=VERSION, required=False)
 @_pass
 def audit_verify(settings: Settings, model: str, version: str | None) -> None:
     """Check every audit event of MODEL (or one VERSION); exit 1 if any event is INVALID.
@@ -1391,6 +1805,7 @@ def notify_test(settings: Settings, subscription: str | None) -> None:
 
 @main.command()
 @click.pass_context
+@_global
 def demo(ctx: click.Context) -> None:
     """Tell the story `make demo` runs, on a temporary sqlite registry.
 
@@ -1400,9 +1815,7 @@ def demo(ctx: click.Context) -> None:
     from mlflow_approvals.demo import run_demo
 
     settings = ctx.find_object(Settings) or Settings()
-    parent = ctx.parent
-    source = None if parent is None else parent.get_parameter_source("tracking_uri")
-    uri = settings.tracking_uri if source is click.core.ParameterSource.COMMANDLINE else None
+    uri = settings.tracking_uri if settings.uri_given else None
 
     def tell(text: str) -> None:  # the demo's own text: its newlines are line breaks
         for line in text.split("\n"):

@@ -8,6 +8,7 @@ server, a SQL store for a ``sqlite:///`` registry), with the caller's claimed id
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from mlflow_approvals.verify import VerifyReport
 
 __all__ = ["ApprovalClient"]
+
+_log = logging.getLogger(__name__)
 
 
 class ApprovalClient(MlflowClient):
@@ -79,7 +82,7 @@ class ApprovalClient(MlflowClient):
         if policy is not None:
             loaded: Policy = load_policy(policy)
         else:
-            loaded = policy_from_env() or Policy()
+            loaded = policy_from_env() or _no_policy()
         actor_id = resolve_actor(actor)
         self._actor = Actor(actor_id, resolve_display_name(actor_id, display_name))
         self.engine = Engine(
@@ -378,6 +381,40 @@ class ApprovalClient(MlflowClient):
         """The request ``request_id``; without it, the open one, else the newest on the version."""
         return self._steps().get(name, validate_version(version), request_id)
 
+    def file_request(
+        self,
+        name: str,
+        version: str | int,
+        *,
+        stage: str | None = None,
+        alias: str | None = None,
+        archive_existing_versions: bool = False,
+        comment: str | None = None,
+    ) -> tuple[ApprovalRequest, bool]:
+        """As :meth:`request_transition` / :meth:`request_alias`, and whether this call filed
+        (or, ungated, applied) it: False when the open request for the target was returned,
+        which keeps its own comment and ``archive_existing_versions``. A target the registry
+        holds already raises ``AlreadyInEffect``. For scripts that run again (CI)."""
+        target = _one_target(stage, alias, archive_existing_versions)
+        return self._steps().filed(name, validate_version(version), target, comment)
+
+    def sign_request(
+        self,
+        name: str,
+        version: str | int,
+        decision: Decision,
+        comment: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[ApprovalRequest, bool]:
+        """As :meth:`approve` / :meth:`reject`, and whether this call recorded anything: False
+        when the actor had made the same decision on the request already (nothing written)."""
+        if decision not in ("approve", "reject"):
+            raise InvalidRequest(f"decision is 'approve' or 'reject', not {decision!r}")
+        if decision == "reject" and (not comment or not str(comment).strip()):
+            raise InvalidRequest("a rejection needs a reason: pass comment='why'")
+        version = validate_version(version)
+        return self._steps().signed(name, version, decision, comment, request_id)
+
     def list_requests(
         self, name: str | None = None, status: str | Status | None = "pending"
     ) -> list[ApprovalRequest]:
@@ -530,6 +567,16 @@ class ApprovalClient(MlflowClient):
             )
 
 
+def _no_policy() -> Policy:
+    """The empty policy, with one warning: nothing is gated in client mode without a policy."""
+    _log.warning(
+        "ApprovalClient has no policy (policy=None and MLFLOW_APPROVALS_POLICY unset): nothing "
+        "is gated, and every promotion this client makes is applied at once. Pass policy=... "
+        "or set MLFLOW_APPROVALS_POLICY (an approvals server applies its own policy)"
+    )
+    return Policy()
+
+
 def _one_target(stage: str | None, alias: str | None, archive: bool) -> Target:
     """The stage or the alias (set) a method names; InvalidRequest unless exactly one."""
     if (stage is None) == (alias is None):
@@ -579,10 +626,20 @@ class _Local:
             return self.engine.file_alias_deletion(self.actor, name, target.value, comment)
         return self.engine.file(self.actor, name, version, target, comment)
 
+    def filed(
+        self, name: str, version: str, target: Target, comment: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        return self.engine.filed(self.actor, name, version, target, comment)
+
     def sign(
         self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
     ) -> ApprovalRequest:
         return self.engine.sign(self.actor, name, version, decision, comment, rid)
+
+    def signed(
+        self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        return self.engine.signed(self.actor, name, version, decision, comment, rid)
 
     def cancel(
         self, name: str, version: str, comment: str | None, rid: str | None
@@ -618,10 +675,20 @@ class _Remote:
     ) -> ApprovalRequest:
         return _remote_call(lambda: self.remote.file(name, version, target, comment))
 
+    def filed(
+        self, name: str, version: str, target: Target, comment: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        return _remote_call(lambda: self.remote.filed(name, version, target, comment))
+
     def sign(
         self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
     ) -> ApprovalRequest:
         return _remote_call(lambda: self.remote.sign(name, version, decision, comment, rid))
+
+    def signed(
+        self, name: str, version: str, decision: Decision, comment: str | None, rid: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        return _remote_call(lambda: self.remote.signed(name, version, decision, comment, rid))
 
     def cancel(
         self, name: str, version: str, comment: str | None, rid: str | None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import AuditStore, deterministic_id, make_event
 from mlflow_approvals.errors import (
+    AlreadyInEffect,
     ApprovalPending,
     ChecksFailed,
     InvalidRequest,
@@ -170,6 +171,15 @@ def live_value(mv: ModelVersion, target: Target) -> dict[str, Any]:
         return {"stage": mv.current_stage, "version": str(mv.version)}
     aliases = list(mv.aliases or [])
     return {"alias": target.value, "version": str(mv.version) if target.value in aliases else None}
+
+
+def same_target(a: Target, b: Target) -> bool:
+    """True when ``a`` and ``b`` name one target: the same stage, or the same alias and action.
+
+    ``archive_existing_versions`` is how a stage is applied, not another target: one target has
+    at most one open request on a version.
+    """
+    return (a.kind, a.value, a.action) == (b.kind, b.value, b.action)
 
 
 def is_in_effect(mv: ModelVersion, target: Target) -> bool:
@@ -331,6 +341,22 @@ class Engine:
 
         An open request for the same target is returned instead of a second one.
         """
+        return self.filed(actor, name, version, target, comment, mv)[0]
+
+    def filed(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        target: Target,
+        comment: str | None,
+        mv: ModelVersion | None = None,
+    ) -> tuple[ApprovalRequest, bool]:
+        """As :meth:`file`, and whether this call filed (or applied) it: False when an open
+        request for the target was returned. A target is its stage or alias: an open request
+        differing only in ``archive_existing_versions`` is returned, never a second one. A
+        target the registry already holds raises AlreadyInEffect (nothing is filed).
+        """
         comment = T.check_comment(comment)
         rule = self.rule_for(name, target.kind, target.value)
         if mv is None:
@@ -338,13 +364,13 @@ class Engine:
         else:
             facts = T.VersionFacts(name, version, mv.tags or {})
         if rule is None:
-            return self._apply_ungated(actor, mv, target)
+            return self._apply_ungated(actor, mv, target), True
         now = self.clock()
         self._record_expiries(mv, facts, now)
         for existing in facts.all_requests(now):
-            if existing.is_open and existing.record.target == target:
+            if existing.is_open and same_target(existing.record.target, target):
                 self._settle_index(mv, facts)  # a crash may have lost it after the request fact
-                return existing
+                return existing, False
         self._check_not_already(mv, target)
         package = self.packages.linked(rule, name, version, mv.tags or {})
         report = self.assess.checks(rule, mv, target)
@@ -395,7 +421,8 @@ class Engine:
         # on this version may write "idle" between our read and our fact (see architecture.md).
         self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
         facts.index = T.INDEX_PENDING
-        return self._announce("request.created", facts.request(record.id, now), actor, comment)
+        filed = self._announce("request.created", facts.request(record.id, now), actor, comment)
+        return filed, True
 
     def break_glass(
         self,
@@ -545,6 +572,20 @@ class Engine:
         request_id: str | None,
     ) -> ApprovalRequest:
         """Record ``actor``'s decision on the request; the sign-off completing it applies it."""
+        return self.signed(actor, name, version, decision, comment, request_id)[0]
+
+    def signed(
+        self,
+        actor: Actor,
+        name: str,
+        version: str,
+        decision: Decision,
+        comment: str | None,
+        request_id: str | None,
+    ) -> tuple[ApprovalRequest, bool]:
+        """As :meth:`sign`, and whether this call recorded anything: False when ``actor`` had
+        already made the same decision on the request (a retry: nothing is written). The
+        other decision after one's own is refused and audited (a person signs once)."""
         comment = T.check_comment(comment)
         if decision == "reject" and (not comment or not comment.strip()):
             raise InvalidRequest("a rejection needs a reason: pass comment='why'")
@@ -553,7 +594,16 @@ class Engine:
         self._record_expiries(mv, facts, now)
         request = self.pick(facts, request_id)
         if decision == "approve" and request.status is Status.APPROVED:
-            return self._apply(actor, mv, facts, request)  # retry of an apply that failed
+            return self._apply(actor, mv, facts, request), True  # retry of a failed apply
+        mine = next((s for s in request.signoffs if s.actor == actor.id), None)
+        if mine is not None and mine.decision == decision:
+            return request, False  # signed already: the retry changes nothing
+        if mine is not None:
+            why = (
+                f"{actor.id} has already signed request {request.id} ({mine.meaning}); a person "
+                "signs once"
+            )
+            raise self.deny(actor, mv, facts, request, decision, why)
         problem = unbacked(request.record, self.policy) if decision == "approve" else None
         if problem and request.is_open:
             raise self.deny(actor, mv, facts, request, decision, problem)
@@ -611,8 +661,8 @@ class Engine:
             after = facts.request(request.id, self.clock())
         self._announce(kind, after, actor, comment)
         if after.status is Status.APPROVED:
-            return self._apply(actor, mv, facts, after)
-        return after
+            return self._apply(actor, mv, facts, after), True
+        return after, True
 
     def cancel(
         self,
@@ -675,20 +725,16 @@ class Engine:
 
     # ------------------------------------------------------------------ reading -----------
     def get(self, name: str, version: str, request_id: str | None = None) -> ApprovalRequest:
-        """The request ``request_id``; without it, the open one, else the newest on the version."""
+        """The request ``request_id``; without it, the open one, else the one applied last, else
+        the newest on the version."""
         _, facts = self.read(name, version)
         now = self.clock()
         if request_id is not None:
             return self._by_id(facts, request_id, now)
-        requests = facts.all_requests(now)
-        open_ = [r for r in requests if r.is_open]
-        if len(open_) > 1:
-            raise self._ambiguous(name, facts.version, open_)
-        if open_:
-            return open_[0]
-        if requests:
-            return requests[-1]
-        raise RequestNotFound(f"{name} v{facts.version} has no approval request")
+        found = self._obvious(facts, now)
+        if found is None:
+            raise RequestNotFound(f"{name} v{facts.version} has no approval request")
+        return found
 
     def list_requests(
         self, name: str | None = None, status: Status | None = None
@@ -714,19 +760,32 @@ class Engine:
         return mv, T.VersionFacts(name, version, mv.tags or {})
 
     def pick(self, facts: T.VersionFacts, request_id: str | None) -> ApprovalRequest:
-        """The request to act on: ``request_id``, else the version's one open request."""
+        """The request to act on: ``request_id``, else the open one, else the one applied last,
+        else the newest (so a retried step finds the request it acted on)."""
         now = self.clock()
         if request_id is not None:
             return self._by_id(facts, request_id, now)
-        open_ = [r for r in facts.all_requests(now) if r.is_open]
-        if not open_:
+        found = self._obvious(facts, now)
+        if found is None:
             raise RequestNotFound(
                 f"{facts.name} v{facts.version} has no open request: file one with "
                 "request_transition()/request_alias() or `mlflow-approvals request`"
             )
+        return found
+
+    def _obvious(self, facts: T.VersionFacts, now: datetime) -> ApprovalRequest | None:
+        """The request a step without a request id means: the open one (two open: say which),
+        else the one applied last, else the newest; None when the version has none."""
+        requests = facts.all_requests(now)
+        open_ = [r for r in requests if r.is_open]
         if len(open_) > 1:
             raise self._ambiguous(facts.name, facts.version, open_)
-        return open_[0]
+        if open_:
+            return open_[0]
+        applied = [r for r in requests if r.applied is not None]
+        if applied:
+            return max(applied, key=lambda r: r.applied.time if r.applied else r.created_at)
+        return requests[-1] if requests else None
 
     def _by_id(self, facts: T.VersionFacts, rid: str, now: datetime) -> ApprovalRequest:
         if rid not in facts.requests:
@@ -738,9 +797,10 @@ class Engine:
 
     @staticmethod
     def _ambiguous(name: str, version: str, open_: list[ApprovalRequest]) -> InvalidRequest:
-        ids = ", ".join(f"{r.id} ({r.record.target})" for r in open_)
+        ids = "; ".join(f"{r.id} ({r.record.target}, filed by {r.requester})" for r in open_)
         return InvalidRequest(
-            f"{name} v{version} has {len(open_)} open requests ({ids}): pass request_id"
+            f"{name} v{version} has {len(open_)} open requests: {ids}. Say which one: pass "
+            "request_id (`--request ID` on the command line)"
         )
 
     # ------------------------------------------------------------------ audit -------------
@@ -832,7 +892,7 @@ class Engine:
         if is_in_effect(mv, target):
             if target.kind == "alias" and target.action == "delete":
                 raise InvalidRequest(f"alias '{target.value}' does not point at this version")
-            raise InvalidRequest(
+            raise AlreadyInEffect(
                 f"{mv.name} v{mv.version} already has {target}: there is nothing to approve"
             )
 

@@ -67,16 +67,28 @@ class RemoteLifecycle:
     def file(
         self, name: str, version: str | None, target: Target, comment: str | None
     ) -> ApprovalRequest:
+        return self.filed(name, version, target, comment)[0]
+
+    def filed(
+        self, name: str, version: str | None, target: Target, comment: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        """The request, and False when it was open already (the server filed nothing)."""
         params: dict[str, Any] = {"name": name, "comment": comment, "action": target.action}
         if version is not None:
             params["version"] = version
-        return self._one("request", {**params, **_target_params(target)})
+        return self._step("request", {**params, **_target_params(target)})
 
     def sign(
         self, name: str, version: str, decision: str, comment: str | None, rid: str | None
     ) -> ApprovalRequest:
+        return self.signed(name, version, decision, comment, rid)[0]
+
+    def signed(
+        self, name: str, version: str, decision: str, comment: str | None, rid: str | None
+    ) -> tuple[ApprovalRequest, bool]:
+        """The request, and False when the caller had signed it so already (nothing written)."""
         action = "approve" if decision == "approve" else "reject"
-        return self._one(
+        return self._step(
             action, {"name": name, "version": version, "comment": comment, "request_id": rid}
         )
 
@@ -115,6 +127,10 @@ class RemoteLifecycle:
 
     def _one(self, action: str, params: Mapping[str, Any]) -> ApprovalRequest:
         return wire.decode_request(call(self.base_uri, action, params, self.auth), utcnow())
+
+    def _step(self, action: str, params: Mapping[str, Any]) -> tuple[ApprovalRequest, bool]:
+        body = call(self.base_uri, action, params, self.auth)
+        return wire.decode_request(body, utcnow()), body.get("new") is not False
 
 
 def _target_params(target: Target) -> dict[str, Any]:

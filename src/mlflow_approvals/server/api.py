@@ -22,8 +22,10 @@ check      GET     name, version, stage or alias: a dry run of the rule's checks
 =========  ======  =====================================================================
 
 Each answer is one request in its wire form (:mod:`mlflow_approvals.wire`), or ``requests``
-for ``list``. Errors are MLflow's JSON error documents with a 4xx status. A name the caller
-claims is ignored: the actor is the authenticated user (:mod:`.identity`).
+for ``list``; ``request``, ``approve`` and ``reject`` add ``new`` (false when the step had been
+done already: the open request for the target returned, a sign-off the caller had made).
+Errors are MLflow's JSON error documents with a 4xx status. A name the caller claims is
+ignored: the actor is the authenticated user (:mod:`.identity`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from mlflow_approvals.engine import (
     validate_version,
 )
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
-from mlflow_approvals.lifecycle import Actor, Target
+from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Target
 from mlflow_approvals.server.identity import current_actor
 
 if TYPE_CHECKING:
@@ -58,11 +60,11 @@ def register(app: Flask, engine: Engine, settings: ServerSettings, prefix: str =
     """Add the approval endpoints to ``app`` under both API prefixes."""
     handlers: dict[str, Callable[[Actor, Mapping[str, Any]], Any]] = {
         "request": lambda actor, p: _file(engine, actor, p),
-        "approve": lambda actor, p: engine.sign(
-            actor, *_version_of(p), "approve", _comment(p), _rid(p)
+        "approve": lambda actor, p: _answer(
+            engine.signed(actor, *_version_of(p), "approve", _comment(p), _rid(p))
         ),
-        "reject": lambda actor, p: engine.sign(
-            actor, *_version_of(p), "reject", _comment(p), _rid(p)
+        "reject": lambda actor, p: _answer(
+            engine.signed(actor, *_version_of(p), "reject", _comment(p), _rid(p))
         ),
         "cancel": lambda actor, p: engine.cancel(actor, *_version_of(p), _comment(p), _rid(p)),
         "apply": lambda actor, p: engine.apply(actor, *_version_of(p), _rid(p)),
@@ -249,7 +251,14 @@ def _file(engine: Engine, actor: Actor, params: Mapping[str, Any]) -> Any:
     if alias is not None and action == "delete":
         return engine.file_alias_deletion(actor, name, alias, comment)
     version = validate_version(_text(params, "version") or "")
-    return engine.file(actor, name, version, _target(params), comment)
+    return _answer(engine.filed(actor, name, version, _target(params), comment))
+
+
+def _answer(step: tuple[ApprovalRequest, bool]) -> dict[str, Any]:
+    """A step's request as the endpoints send it, with ``new``: False when the step found it
+    done already (an open request for the target, a sign-off the caller had made)."""
+    request, new = step
+    return {**wire.encode_request(request), "new": new}
 
 
 def _target(params: Mapping[str, Any]) -> Target:
