@@ -26,6 +26,7 @@ from conftest import register_versions, unique_name
 from mlflow_approvals import ApprovalClient
 from mlflow_approvals.audit import TYPE_PREFIX, AuditStore, event_hash, make_event
 from mlflow_approvals.reconcile import ReconcileReport, reconcile_model
+from mlflow_approvals.testing import free_port, mlflow_server
 from mlflow_approvals.verify import VerifyReport
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -90,7 +91,9 @@ class Cycle:
         return dict(MlflowClient(self.uri, self.uri).get_model_version(self.name, version).tags)
 
     def stage(self, version: str) -> str:
-        return str(MlflowClient(self.uri, self.uri).get_model_version(self.name, version).current_stage)
+        return str(
+            MlflowClient(self.uri, self.uri).get_model_version(self.name, version).current_stage
+        )
 
     def assert_promoted_once(self, version: str, requests: int = 1) -> None:
         """One application, the stage right, exactly the expected sign-offs, the index idle."""
@@ -120,7 +123,9 @@ def test_crash_between_request_event_and_fact(cycle):
     """Killed after the request's event and before its fact: filed again, the cycle completes,
     and reconcile records exactly the orphaned request event as abandoned."""
     (v,) = cycle.versions
-    cycle.crash("request", "alice", v, {"call": "append", "match": "request.created", "when": "after"})
+    cycle.crash(
+        "request", "alice", v, {"call": "append", "match": "request.created", "when": "after"}
+    )
     ((orphan, event),) = cycle.events("request.created")
     assert not any(k.startswith("mlflow_approvals.") for k in cycle.tags(v))  # no fact, no index
     assert invalid(cycle.verify()) == [(orphan, "not anchored")]
@@ -156,7 +161,9 @@ def test_crash_between_signoff_event_and_fact(cycle):
     promotion applies once, and reconcile abandons exactly the orphaned sign-off event."""
     (v,) = cycle.versions
     cycle.promote(v, signers=("bob", "carol"))
-    cycle.crash("approve", "dave", v, {"call": "append", "match": "signoff.approved", "when": "after"})
+    cycle.crash(
+        "approve", "dave", v, {"call": "append", "match": "signoff.approved", "when": "after"}
+    )
     request = cycle.as_("auditor").get_request(cycle.name, v)
     assert (request.status.value, len(request.signoffs), cycle.stage(v)) == ("pending", 2, "None")
     orphan = cycle.events("signoff.approved")[-1][0]
@@ -329,3 +336,48 @@ def test_abandonment_of_an_applied_event_is_contradicted(cycle):
     assert invalid(cycle.verify()) == [(digest, "contradicted")]
     report = cycle.reconcile()
     assert (report.changes, report.abandoned) == ((), ())
+
+
+# ------------------------------------------------------------------ the tracking server ----
+def test_tracking_server_killed_and_restarted_mid_cycle(tmp_path, policy_dict, monkeypatch):
+    """The tracking server SIGKILLed between a sign-off's event and its fact: the signer gets
+    an error naming the server, and once it is back on the same store and port the cycle
+    completes, and reconcile abandons exactly the orphaned sign-off."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not in minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    root, port = tmp_path / "server", free_port()
+    with mlflow_server(root, port=port) as server:
+        cycle = Cycle(server.uri, policy_dict, tmp_path, versions=1)
+        (v,) = cycle.versions
+        cycle.promote(v, signers=("bob",))
+        carol = cycle.as_("carol")
+        append = carol.engine.audit.append
+
+        def append_then_kill(event: dict[str, Any], run_id: str | None = None) -> str:
+            digest = append(event, run_id)
+            os.killpg(server.pid, signal.SIGKILL)
+            return digest
+
+        carol.engine.audit.append = append_then_kill  # type: ignore[method-assign]
+        with pytest.raises(MlflowException) as failed:
+            carol.approve(cycle.name, v)
+        message = str(failed.value)  # the server and the write that failed
+        assert f"http://127.0.0.1:{port}/api/2.0/mlflow/model-versions/set-tag" in message
+
+    with mlflow_server(root, port=port) as again:
+        assert again.uri == server.uri
+        request = cycle.as_("auditor").get_request(cycle.name, v)
+        assert (request.status.value, [s.actor for s in request.signoffs]) == ("pending", ["bob"])
+        orphan = cycle.events("signoff.approved")[-1][0]
+        assert invalid(cycle.verify()) == [(orphan, "not anchored")]
+        cycle.as_("carol").approve(cycle.name, v)
+        cycle.as_("dave").approve(cycle.name, v)
+        cycle.assert_promoted_once(v)
+        report = cycle.reconcile()
+        assert [(i.type, i.event, i.actor) for i in report.abandoned] == [
+            ("signoff.approved", orphan, "carol")
+        ]
+        assert (report.changes, report.ok) == ((), True)
+        assert cycle.verify().ok
