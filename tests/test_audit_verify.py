@@ -229,6 +229,7 @@ def test_report_to_dict_has_a_stable_shape():
         "problem",
         "reason",
         "duplicate_of",
+        "abandoned_by",
     }
     json.dumps(data)
 

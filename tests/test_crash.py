@@ -152,6 +152,11 @@ def test_crash_between_request_event_and_fact(cycle):
     assert after.ok, str(after)
     (line,) = [line for line in after.events if line.hash == orphan]
     assert line.reason == f"(abandoned by {intent.record[:12]}: it never took effect)"
+    assert line.abandoned_by == intent.record
+    trail = cycle.policy_path.parent / "trail.jsonl"
+    cycle.as_("auditor").export_audit(cycle.name, trail)
+    records = {r["hash"]: r for r in map(json.loads, trail.read_text().splitlines())}
+    assert records[orphan]["abandoned_by"] == intent.record and records[orphan]["verified"]
     again = cycle.reconcile()
     assert (again.abandoned, again.unsettled, again.changes) == ((), (), ())
 

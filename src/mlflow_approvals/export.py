@@ -62,6 +62,8 @@ def flatten(event: Mapping[str, Any], line: ReportLine | None = None) -> dict[st
         "details": data,  # the rest: role, level, target, attempted, ...
         "hash": None if line is None else line.hash,
         "verified": None if line is None else line.status == VALID,
+        # An intent whose step never took effect (a crash), as reconcile recorded it.
+        "abandoned_by": None if line is None else line.abandoned_by,
     }
     return record
 

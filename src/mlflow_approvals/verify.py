@@ -117,6 +117,7 @@ class ReportLine:
     problem: str | None = None  # one of PROBLEMS when INVALID
     reason: str = ""  # why INVALID, or a note on a valid event ("(unanchored)", duplicates)
     duplicate_of: str | None = None  # a second delivery of the event with this hash
+    abandoned_by: str | None = None  # the intent.abandoned event recording it never took effect
 
     def __str__(self) -> str:
         where = self.path if self.path is not None else f"(missing) {self.hash}"
@@ -134,6 +135,7 @@ class ReportLine:
             "problem": self.problem,
             "reason": self.reason,
             "duplicate_of": self.duplicate_of,
+            "abandoned_by": self.abandoned_by,
         }
 
 
@@ -242,6 +244,7 @@ class _Entry:
     problems: list[tuple[str, str]] = field(default_factory=list)
     note: str = ""
     duplicate_of: str | None = None
+    abandoned_by: str | None = None
     anchored: bool = False
     raw: bytes = b""  # the bytes as stored (checked for canonical form when nothing pins them)
     # Derived from the event once, by _derive (each is read many times per event).
@@ -493,6 +496,7 @@ def _mark_abandoned(
             continue
         for abandoned in by_content.get(target, ()):
             abandoned.note = f"(abandoned by {entry.digest[:12]}: it never took effect)"
+            abandoned.abandoned_by = entry.digest
 
 
 def _line(entry: _Entry) -> ReportLine:
@@ -507,6 +511,7 @@ def _line(entry: _Entry) -> ReportLine:
         problem=problems[0][0] if problems else None,
         reason="; ".join(r for _, r in problems) if problems else entry.note,
         duplicate_of=entry.duplicate_of,
+        abandoned_by=entry.abandoned_by,
     )
 
 
