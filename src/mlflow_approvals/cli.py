@@ -1191,7 +1191,9 @@ def approve(
     """Sign off the request on MODEL VERSION at its open level.
 
     The sign-off that completes the last level applies the promotion. Approving a request that
-    is approved but not applied (its apply failed) retries the apply.
+    is approved but not applied (its apply failed) retries the apply. Approving again what you
+    signed already records nothing and exits 0; refusals (separation of duties, no role at the
+    open level) exit 6.
     """
     req, new = settings.run(
         lambda server: server.signed(model, version, "approve", comment, request_id),
