@@ -2,7 +2,8 @@
 writes its audit event before its effect (the fact tag, or the registry change).
 
 Real parts only: a sqlite registry, real audit artifacts. The audit store is taken down at the
-artifact write (``log_text`` raises), so AuditStore.append's own error handling is exercised.
+artifact write (``AuditStore._write_text`` raises), so AuditStore.append's own error handling is
+exercised.
 """
 
 from __future__ import annotations
@@ -112,26 +113,20 @@ def test_lookalike_signers_each_keep_their_own_signoff(sqlite_uri, tmp_path, fir
 # -- 2a. with the audit store down, no step changes anything ----------------------------------
 
 
-class _Artifacts(MlflowClient):
-    """A tracking client whose artifact store goes down after ``up_for`` more writes."""
+class DownStore(AuditStore):
+    """The real AuditStore over an artifact store that is down (after ``allow`` writes): its
+    one artifact write, ``_write_text``, raises as the repository's upload would."""
 
-    up_for = 0
+    def __init__(self, uri: str, allow: int = 0) -> None:
+        super().__init__(MlflowClient(uri, uri))
+        self.up_for = allow
+        self.attempts: list[str] = []
 
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+    def _write_text(self, run_id: str, text: str, path: str) -> None:
         if self.up_for <= 0:
             raise OSError("connection refused: the audit artifact store is down")
         self.up_for -= 1
-        super().log_text(run_id, text, artifact_file)
-
-
-class DownStore(AuditStore):
-    """The real AuditStore over an artifact store that is down (after ``allow`` writes)."""
-
-    def __init__(self, uri: str, allow: int = 0) -> None:
-        tracking = _Artifacts(uri, uri)
-        tracking.up_for = allow
-        super().__init__(tracking)
-        self.attempts: list[str] = []
+        super()._write_text(run_id, text, path)
 
     def append(self, event: Any, run_id: str | None = None) -> str:
         self.attempts.append(kind(event))
