@@ -868,14 +868,15 @@ class _Version(click.ParamType):  # type: ignore[type-arg]
     name = "version"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
-        if not text.isdigit():
-            self.fail(f"{value!r} is not a model version: a version is a number such as 3")
-        return str(int(text))
+        from mlflow_approvals.targets import version_problem
+
+        problem = version_problem(value)
+        if problem:
+            self.fail(problem)
+        return str(int(str(value).strip()))
 
 
 VERSION = _Version()
-_ALIAS = re.compile(r"^[\w\-]{1,255}$")  # as engine.validate_alias, without importing MLflow
 
 
 def _stage(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -892,13 +893,13 @@ def _stage(ctx: click.Context, param: click.Parameter, value: str | None) -> str
 
 def _alias(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An --alias value MLflow accepts; else a usage error saying what an alias may be."""
+    from mlflow_approvals.targets import alias_problem
+
     if value is None:
         return None
-    if not _ALIAS.match(value) or value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
-        raise click.BadParameter(
-            f"{value!r} is not an alias: use letters, digits, '_' and '-' (at most 255), and "
-            "not 'latest' or a version-like name such as 'v3'"
-        )
+    problem = alias_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
     return value
 
 
@@ -995,11 +996,6 @@ def request(
     _finish(_exit_for(req))
 
 
-def _same(a: Target, b: Target) -> bool:
-    """One target: the same stage, or the same alias and action (as engine.same_target)."""
-    return (a.kind, a.value, a.action) == (b.kind, b.value, b.action)
-
-
 def _unrecorded(comment: str) -> str:
     return f'your comment was not recorded: "{comment}" (nothing new was signed)'
 
@@ -1039,10 +1035,12 @@ def _not_new(req: ApprovalRequest, comment: str | None, archive: bool) -> list[s
 def _in_effect(settings: Settings, model: str, version: str, target: Target) -> NoReturn:
     """`request` for a target the version holds already: nothing filed, exit 0, with the
     request that applied it when there is one."""
+    from mlflow_approvals.targets import same_target
+
     held: ApprovalRequest | None = None
     try:
         found = _get(settings, model, version, None)
-        if found.status.value == "applied" and _same(found.record.target, target):
+        if found.status.value == "applied" and same_target(found.record.target, target):
             held = found
     except Exception:  # no request, or several open: the registry's word is enough
         held = None
@@ -1335,6 +1333,8 @@ def _follow(
     """The request `status` and `wait` follow: ``request_id``; else, for ``target``, its open
     request, else the one applied last, else the newest; else the version's obvious request.
     None when ``target`` has no request and the version holds it already."""
+    from mlflow_approvals.targets import same_target
+
     if request_id is not None:
         return _get(settings, model, version, request_id)
     if target is None:
@@ -1353,7 +1353,7 @@ def _follow(
         lambda server: server.list_requests(model, None),
         lambda client: client.list_requests(model, status=None),
     )
-    mine = [r for r in found if r.version == version and _same(r.record.target, target)]
+    mine = [r for r in found if r.version == version and same_target(r.record.target, target)]
     open_ = [r for r in mine if r.is_open]
     applied = [r for r in mine if r.applied is not None]
     if open_:

@@ -18,20 +18,14 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_approvals import tags as T
 from mlflow_approvals.audit import AuditStore
-from mlflow_approvals.engine import (
-    Engine,
-    parse_status,
-    pending_error,
-    validate_alias,
-    validate_stage,
-    validate_version,
-)
+from mlflow_approvals.engine import Engine, pending_error
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
 from mlflow_approvals.identity import resolve_actor, resolve_display_name
 from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Decision, Status, Target
 from mlflow_approvals.policy import Policy, canonical_stage, load_policy, policy_from_env
 from mlflow_approvals.ports import Registry
 from mlflow_approvals.remote import RemoteLifecycle
+from mlflow_approvals.targets import parse_status, validate_alias, validate_stage, validate_version
 
 if TYPE_CHECKING:
     from mlflow_approvals.checks import CheckReport

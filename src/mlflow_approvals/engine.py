@@ -14,13 +14,13 @@ is.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlflow_approvals import tags as T
+from mlflow_approvals.announce import Announcer
 from mlflow_approvals.audit import AuditStore, deterministic_id, make_event
 from mlflow_approvals.errors import (
     AlreadyInEffect,
@@ -50,7 +50,7 @@ from mlflow_approvals.lifecycle import (
     ungated,
     utcnow,
 )
-from mlflow_approvals.policy import Policy, Rule, canonical_stage
+from mlflow_approvals.policy import Policy, Rule
 from mlflow_approvals.ports import EvidenceSource, Registry
 from mlflow_approvals.sagemaker import (
     APPROVED,
@@ -59,6 +59,14 @@ from mlflow_approvals.sagemaker import (
     PackageGate,
     approval_description,
     rejection_description,
+)
+from mlflow_approvals.targets import (
+    event_kind,
+    is_in_effect,
+    live_value,
+    same_target,
+    target_value,
+    validate_alias,
 )
 
 if TYPE_CHECKING:
@@ -69,56 +77,8 @@ if TYPE_CHECKING:
     from mlflow_approvals.notify import Notifier
 
 _log = logging.getLogger(__name__)
-_ALIAS = re.compile(r"^[\w\-]{1,255}$")
 
-__all__ = [
-    "SYSTEM",
-    "SYSTEM_ACTOR",
-    "Engine",
-    "validate_alias",
-    "validate_stage",
-    "validate_version",
-]
-
-
-def validate_alias(alias: str) -> str:
-    """``alias`` when MLflow would accept it as an alias name; else InvalidRequest."""
-    if (
-        not isinstance(alias, str)
-        or not _ALIAS.match(alias)
-        or alias.lower() == "latest"
-        or re.fullmatch(r"[vV]\d+", alias)
-    ):
-        raise InvalidRequest(
-            f"invalid alias {alias!r}: use letters, digits, '_' and '-' (at most 255), and not "
-            "'latest' or a version-like name such as 'v3'"
-        )
-    return alias
-
-
-def validate_stage(stage: str) -> str:
-    """The canonical spelling of ``stage``; else InvalidRequest."""
-    try:
-        return canonical_stage(stage)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-
-
-def validate_version(version: str | int) -> str:
-    """``version`` as a canonical decimal string; else InvalidRequest."""
-    text = str(version).strip()
-    if not text.isdigit():
-        raise InvalidRequest(f"invalid model version {version!r}: a version is a number such as 3")
-    return str(int(text))
-
-
-def parse_status(status: str | Status) -> Status:
-    """``status`` as a Status; else InvalidRequest naming the choices."""
-    try:
-        return Status(str(status).lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in Status)
-        raise InvalidRequest(f"unknown status {status!r}: use one of {choices}") from None
+__all__ = ["SYSTEM", "SYSTEM_ACTOR", "Engine", "not_found", "pending_error", "unbacked"]
 
 
 def not_found(
@@ -154,47 +114,6 @@ def pending_error(request: ApprovalRequest) -> ApprovalPending:
         "last level signs off (see ApprovalPending.request).",
         request,
     )
-
-
-def target_value(target: Target, version: str) -> dict[str, Any]:
-    """What the registry holds once ``target`` is applied to ``version``."""
-    if target.kind == "stage":
-        return {"stage": target.value, "version": version}
-    if target.action == "set":
-        return {"alias": target.value, "version": version}
-    return {"alias": target.value, "version": None}
-
-
-def live_value(mv: ModelVersion, target: Target) -> dict[str, Any]:
-    """What the registry holds now for ``target`` on ``mv``."""
-    if target.kind == "stage":
-        return {"stage": mv.current_stage, "version": str(mv.version)}
-    aliases = list(mv.aliases or [])
-    return {"alias": target.value, "version": str(mv.version) if target.value in aliases else None}
-
-
-def same_target(a: Target, b: Target) -> bool:
-    """True when ``a`` and ``b`` name one target: the same stage, or the same alias and action.
-
-    ``archive_existing_versions`` is how a stage is applied, not another target: one target has
-    at most one open request on a version.
-    """
-    return (a.kind, a.value, a.action) == (b.kind, b.value, b.action)
-
-
-def is_in_effect(mv: ModelVersion, target: Target) -> bool:
-    """True when the registry already holds what ``target`` asks for."""
-    if target.kind == "stage":
-        return bool(mv.current_stage == target.value)
-    present = target.value in (mv.aliases or [])
-    return present if target.action == "set" else not present
-
-
-def event_kind(target: Target) -> str:
-    """The audit event type that records applying ``target``."""
-    if target.kind == "stage":
-        return "stage.transitioned"
-    return "alias.set" if target.action == "set" else "alias.deleted"
 
 
 def unbacked(record: RequestRecord, policy: Policy) -> str | None:
@@ -252,35 +171,6 @@ def _assessed(
     return found
 
 
-def _event_of(type: str, request: ApprovalRequest) -> str | None:
-    """The hash of the audit event a notice reports, where a fact holds it."""
-    if type == "request.created":
-        return request.record.event
-    if type.startswith("signoff.") and request.signoffs:
-        return max(request.signoffs, key=lambda s: s.time).event
-    for ending in (
-        request.applied,
-        request.cancelled,
-        request.expired,
-        request.superseded,
-        request.invalidated,
-    ):
-        if ending is not None:
-            return ending.event
-    return request.record.event
-
-
-def _ui_link(base: str | None, name: str, version: str) -> str | None:
-    """The model version's page in the MLflow UI."""
-    import os
-    from urllib.parse import quote as url_quote
-
-    base = os.environ.get("MLFLOW_APPROVALS_UI_URL") or base
-    if not base:
-        return None
-    return f"{base.rstrip('/')}/#/models/{url_quote(name, safe='')}/versions/{version}"
-
-
 class Engine:
     """The approval lifecycle over a registry port and an audit sink, under a policy.
 
@@ -316,8 +206,7 @@ class Engine:
         self.assess = Assessor(evidence, registry, lambda: self.clock())
         self.ui_base = ui_base
         self.packages = packages or PackageGate()
-        self._notifier: Notifier | None = None
-        self._notifier_for: Any = None
+        self.announcer = Announcer(self)
 
     # ------------------------------------------------------------------ gating ------------
     def rule_for(self, name: str, kind: str, value: str) -> Rule | None:
@@ -421,7 +310,9 @@ class Engine:
         # on this version may write "idle" between our read and our fact (see architecture.md).
         self._write_tag(name, version, T.INDEX_KEY, T.INDEX_PENDING)
         facts.index = T.INDEX_PENDING
-        filed = self._announce("request.created", facts.request(record.id, now), actor, comment)
+        filed = self.announcer.announce(
+            "request.created", facts.request(record.id, now), actor, comment
+        )
         return filed, True
 
     def break_glass(
@@ -501,7 +392,9 @@ class Engine:
         facts.requests[record.id] = record
         facts.emergency[record.id] = ending
         facts.index = T.INDEX_PENDING
-        return self._announce(event_kind(target), facts.request(record.id, now), actor, reason)
+        return self.announcer.announce(
+            event_kind(target), facts.request(record.id, now), actor, reason
+        )
 
     def _new_record(
         self,
@@ -659,7 +552,7 @@ class Engine:
             # the sign-offs that complete the policy together also apply it.
             mv, facts = self.read(name, version)
             after = facts.request(request.id, self.clock())
-        self._announce(kind, after, actor, comment)
+        self.announcer.announce(kind, after, actor, comment)
         if after.status is Status.APPROVED:
             return self._apply(actor, mv, facts, after), True
         return after, True
@@ -705,7 +598,7 @@ class Engine:
         facts.cancelled[request.id] = ending
         self._settle_index(mv, facts)
         done = facts.request(request.id, self.clock())
-        return self._announce("request.cancelled", done, actor, comment)
+        return self.announcer.announce("request.cancelled", done, actor, comment)
 
     def apply(
         self, actor: Actor, name: str, version: str, request_id: str | None
@@ -1006,7 +899,7 @@ class Engine:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)
         done = facts.request(request.id, self.clock())
-        return self._announce(event_kind(target), done, actor, None)
+        return self.announcer.announce(event_kind(target), done, actor, None)
 
     def _complete_review(
         self, actor: Actor, mv: ModelVersion, facts: T.VersionFacts, request: ApprovalRequest
@@ -1033,87 +926,13 @@ class Engine:
             facts.applied[request.id] = ending
         self._settle_index(mv, facts)
         done = facts.request(request.id, self.clock())
-        return self._announce("breakglass.reviewed", done, actor, None)
+        return self.announcer.announce("breakglass.reviewed", done, actor, None)
 
     # ------------------------------------------------------------------ notifications -----
     @property
     def notifier(self) -> Notifier | None:
         """Delivers the policy's notifications (None when it subscribes nothing)."""
-        subscriptions = self.policy.notifications
-        if not subscriptions:
-            return None
-        if self._notifier is None or self._notifier_for is not subscriptions:
-            from mlflow_approvals.notify import Notifier
-
-            self._notifier = Notifier(subscriptions, self._notification_failed)
-            self._notifier_for = subscriptions
-        return self._notifier
-
-    def _announce(
-        self, type: str, request: ApprovalRequest, actor: Actor, comment: str | None
-    ) -> ApprovalRequest:
-        """Tell the subscriptions that want it what just happened; return ``request``.
-
-        Never raises, and waits at most the notifier's budget: a notification does not fail
-        or hold up the step it reports (a failed delivery is audited instead).
-        """
-        notifier = self.notifier
-        if notifier is None:
-            return request
-        try:
-            from mlflow_approvals.notify import Notice
-
-            target = request.record.target
-            notifier.publish(
-                Notice(
-                    type=type,
-                    name=request.name,
-                    version=request.version,
-                    actor=actor.id,
-                    display_name=actor.display_name,
-                    time=self.clock(),
-                    request_id=request.id or None,
-                    target={"kind": target.kind, "value": target.value, "action": target.action},
-                    status=request.status.value,
-                    comment=comment,
-                    missing=tuple({"role": m.role, "count": m.count} for m in request.missing),
-                    next=self._next_signers(request),
-                    event=_event_of(type, request),
-                    link=_ui_link(self.ui_base, request.name, request.version),
-                )
-            )
-            notifier.flush()
-        except Exception as exc:  # a notification never breaks a step
-            _log.warning("could not notify %s on %s: %s", type, request.name, exc)
-        return request
-
-    def _next_signers(self, request: ApprovalRequest) -> dict[str, Any] | None:
-        """Who may sign the open level now: each role still needed, with its eligible members."""
-        if request.status is not Status.PENDING or request.open_level is None:
-            return None
-        signed = {s.actor for s in request.signoffs}
-        excluded = signed | ({request.requester} if request.record.separation_of_duties else set())
-        roles = {
-            m.role: [p for p in self.policy.roles.get(m.role, ()) if p not in excluded]
-            for m in request.missing
-        }
-        return {"level": request.open_level, "roles": roles}
-
-    def _notification_failed(self, subscription: Any, notice: Any, error: str) -> None:
-        """Record a delivery that failed after its retries, so nothing is silently lost."""
-        event = make_event(
-            type="notification.failed",
-            name=notice.name,
-            version=notice.version,
-            actor=SYSTEM.id,
-            display_name=SYSTEM.display_name,
-            comment=f"notification '{subscription.name}' of {notice.type} failed: {error}",
-            request_id=notice.request_id,
-            policy_hash=self.policy.content_hash,
-            time=self.clock(),
-            extra={"subscription": subscription.name, "notice": notice.type},
-        )
-        self.audit.append(event)
+        return self.announcer.notifier
 
     def _holders(self, mv: ModelVersion, target: Target) -> tuple[str, ...] | None:
         """The versions holding ``target`` now (None for the stages every version can be in)."""
@@ -1261,7 +1080,7 @@ class Engine:
         if self._write_shared_fact(mv, key(request.id), T.encode_ending(ending)):
             (facts.superseded if how == "superseded" else facts.invalidated)[request.id] = ending
         self._settle_index(mv, facts)
-        self._announce(f"request.{how}", facts.request(request.id, now), actor, why)
+        self.announcer.announce(f"request.{how}", facts.request(request.id, now), actor, why)
         return InvalidRequest(why)
 
     def _package(
@@ -1334,7 +1153,7 @@ class Engine:
             ending = Ending(SYSTEM_ACTOR, deadline, None, digest)
             if self._write_shared_fact(mv, T.expired_key(rid), T.encode_ending(ending)):
                 facts.expired[rid] = ending
-                self._announce("request.expired", facts.request(rid, now), SYSTEM, None)
+                self.announcer.announce("request.expired", facts.request(rid, now), SYSTEM, None)
             self._settle_index(mv, facts)
 
     def _settle_index(self, mv: ModelVersion, facts: T.VersionFacts) -> None:

@@ -35,15 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_approvals import wire
 from mlflow_approvals._version import __version__
-from mlflow_approvals.engine import (
-    parse_status,
-    validate_alias,
-    validate_stage,
-    validate_version,
-)
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
 from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Target
 from mlflow_approvals.server.identity import current_actor
+from mlflow_approvals.targets import parse_status, validate_alias, validate_stage, validate_version
 
 if TYPE_CHECKING:
     from flask import Flask, Response

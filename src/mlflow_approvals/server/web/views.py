@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from mlflow_approvals._version import __version__
-from mlflow_approvals.engine import validate_version
 from mlflow_approvals.errors import InvalidRequest, NotAuthorized
 from mlflow_approvals.lifecycle import Actor, ApprovalRequest, Decision
 from mlflow_approvals.server import api
 from mlflow_approvals.server.identity import current_actor
 from mlflow_approvals.server.web import csrf, present
+from mlflow_approvals.targets import validate_version
 
 if TYPE_CHECKING:
     import jinja2
