@@ -1535,7 +1535,7 @@ def wait(
 # ------------------------------------------------------------------------- audit ---------
 @main.group()
 def audit() -> None:
-    """Verify, export and reconcile the tamper-evident audit trail."""
+    """Verify, export, reconcile and seal the tamper-evident audit trail."""
 
 
 @audit.command(name="verify")
@@ -1592,6 +1592,27 @@ def audit_reconcile(settings: Settings, model: str) -> None:
     settings.out(report.to_dict(), lambda: [*report.lines, report.summary])  # as in verify
     if not report.ok:
         _finish(EXIT_ERROR)
+
+
+@audit.command(name="seal")
+@click.argument("model")
+@click.option(
+    "--min-events",
+    type=click.IntRange(1, 999_999_999),
+    default=1,
+    show_default=True,
+    help="Seal only when at least this many events are loose (not yet in a segment).",
+)
+@_pass
+def audit_seal(settings: Settings, model: str, min_events: int) -> None:
+    """Copy MODEL's loose audit events into anchored segments (nothing is deleted).
+
+    Reading the log through a tracking server then downloads a segment instead of one file per
+    event. Sealing again seals only events written since; against an approvals server it runs
+    on the server.
+    """
+    report = settings.client().seal_audit(model, min_events)
+    settings.out(report.to_dict(), lambda: [*report.lines, report.summary])
 
 
 # ------------------------------------------------------------------------- sagemaker -----

@@ -30,6 +30,7 @@ from mlflow_approvals.targets import parse_status, validate_alias, validate_stag
 if TYPE_CHECKING:
     from mlflow_approvals.checks import CheckReport
     from mlflow_approvals.reconcile import ReconcileReport
+    from mlflow_approvals.sealing import SealReport
     from mlflow_approvals.verify import VerifyReport
 
 __all__ = ["ApprovalClient"]
@@ -499,6 +500,22 @@ class ApprovalClient(MlflowClient):
         if remote is not None:  # only the server writes the log there
             return ReconcileReport.from_dict(_remote_call(lambda: remote.reconcile(name)))
         return reconcile_model(self.engine, name)
+
+    def seal_audit(self, name: str, min_events: int = 1) -> SealReport:
+        """Copy the loose audit events of ``name`` into anchored segments, so that reading the
+        log through a tracking server downloads a segment instead of one file per event.
+
+        ``report.segments`` holds (path, events) of each segment written; none when fewer than
+        ``min_events`` events are loose (sealing again seals nothing new). Against an approvals
+        server it runs on the server (the ``seal`` endpoint), which alone may write the log.
+        """
+        from mlflow_approvals.sealing import SealReport, check_min_events, seal_model
+
+        minimum = check_min_events(min_events)
+        remote = self._server()
+        if remote is not None:
+            return SealReport.from_dict(_remote_call(lambda: remote.seal(name, minimum)))
+        return seal_model(self.engine, name, minimum)
 
     # ------------------------------------------------------------------ internals --------
     def _judged(self, door: str, params: Mapping[str, Any]) -> None:

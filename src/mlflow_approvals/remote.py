@@ -125,6 +125,11 @@ class RemoteLifecycle:
         """Run reconcile on the server (it alone may write the audit log); the report's dict."""
         return call(self.base_uri, "reconcile", {"name": name}, self.auth)
 
+    def seal(self, name: str, min_events: int = 1) -> dict[str, Any]:
+        """Seal the model's audit log on the server (it alone may write the log); the report's
+        dict."""
+        return call(self.base_uri, "seal", {"name": name, "min_events": min_events}, self.auth)
+
     def _one(self, action: str, params: Mapping[str, Any]) -> ApprovalRequest:
         return wire.decode_request(call(self.base_uri, action, params, self.auth), utcnow())
 

@@ -32,6 +32,7 @@ ACTIONS: dict[str, str] = {
     "get": "GET",
     "list": "GET",
     "reconcile": "POST",
+    "seal": "POST",
     "break-glass": "POST",
     "check": "GET",
 }

@@ -16,6 +16,8 @@ apply      POST    name, version, request_id
 get        GET     name, version, request_id
 list       GET     name, status (default pending; "all" for every status)
 reconcile  POST    name: record and report changes made around the gate
+seal       POST    name, min_events (default 1): copy the model's loose audit events into
+                   anchored segments (the report)
 break-glass POST   name, version, stage or alias, reason: apply at once (an emergency, by a
                    role the rule names), then review by the rule's levels
 check      GET     name, version, stage or alias: a dry run of the rule's checks (the report)
@@ -67,6 +69,7 @@ def register(app: Flask, engine: Engine, settings: ServerSettings, prefix: str =
         "list": lambda actor, p: _list(engine, p),
         "info": lambda actor, p: _info(engine, settings, actor),
         "reconcile": lambda actor, p: _reconcile(engine, p),
+        "seal": lambda actor, p: _seal(engine, p),
         "break-glass": lambda actor, p: engine.break_glass(
             actor, *_version_of(p), _target(p), _text(p, "reason", required=False)
         ),
@@ -279,6 +282,18 @@ def _reconcile(engine: Engine, params: Mapping[str, Any]) -> dict[str, Any]:
     name = _text(params, "name")
     assert name is not None
     return reconcile_model(engine, name).to_dict()
+
+
+def _seal(engine: Engine, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Seal in the server, through its own audit sink: the gate refuses clients' writes to the
+    audit run. READ on the model, as reconcile: sealing only adds copies and an anchor tag."""
+    from mlflow_approvals.sealing import check_min_events, seal_model
+
+    name = _text(params, "name")
+    assert name is not None
+    value = params.get("min_events")
+    minimum = 1 if value is None else check_min_events(value)
+    return seal_model(engine, name, minimum).to_dict()
 
 
 def _info(engine: Engine, settings: ServerSettings, actor: Actor) -> dict[str, Any]:
