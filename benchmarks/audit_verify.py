@@ -47,7 +47,8 @@ from mlflow_approvals.testing import (
     register_versions,
 )
 
-VERSIONS = 200
+SERVER_VERSIONS = 200  # the versions the --server-events spread over
+VERSIONS = 200  # the default; --versions sets it (a version's history grows its events' parents)
 SIGNERS = (("bob", "data-scientist", 1), ("carol", "ml-engineer", 1), ("dave", "business-owner", 2))
 
 
@@ -97,7 +98,12 @@ class LogWriter:
 
 
 def build_log(
-    uri: str, db: Path, events: int, tracking: str | None = None, artifacts: Path | None = None
+    uri: str,
+    db: Path,
+    events: int,
+    tracking: str | None = None,
+    artifacts: Path | None = None,
+    versions: int | None = None,
 ) -> tuple[str, int]:
     """Register a model and write ``events`` audit events plus their anchors; return its name."""
     from mlflow import MlflowClient
@@ -110,7 +116,8 @@ def build_log(
     client = MlflowClient(tracking or uri, tracking or uri)
     name = f"fraud-bench-{uuid.uuid4().hex[:6]}"
     client.create_registered_model(name)
-    for _ in range(VERSIONS):
+    versions = versions or VERSIONS
+    for _ in range(versions):
         client.create_model_version(name, "s3://bench/model", run_id=None)
     run_id = AuditStore(client).run_ids(name)[0]
     artifact_uri = client.get_run(run_id).info.artifact_uri
@@ -129,7 +136,7 @@ def build_log(
     tags: list[tuple[str, str, str, int]] = []
     anchored: dict[str, list[str]] = {}  # version -> the hashes its fact tags hold
     for i in range(max(1, events // 5)):
-        version = str(i % VERSIONS + 1)
+        version = str(i % versions + 1)
         seen = anchored.setdefault(version, [])
         rid = uuid.uuid4().hex[:12]
         change = {k: {**v, "version": version} for k, v in stages.items()}
@@ -257,7 +264,9 @@ def bench_sealed(server: Any, events: int) -> dict[str, Any]:
     from mlflow_approvals import ApprovalClient
 
     uri, db = server.uri, Path(server.backend_store_uri.removeprefix("sqlite:///"))
-    name, written = build_log(uri, db, events, tracking=uri, artifacts=server.root / "artifacts")
+    name, written = build_log(
+        uri, db, events, tracking=uri, artifacts=server.root / "artifacts", versions=SERVER_VERSIONS
+    )
     auditor = ApprovalClient(uri, uri, policy=EXAMPLE_POLICY, actor="auditor")
     rec = RoundTripCounter()
     out: dict[str, Any] = {"events": written}
@@ -281,8 +290,17 @@ def main() -> None:
     parser.add_argument(
         "--server-events", type=int, default=2_000, help="events verified through a server"
     )
+    parser.add_argument(
+        "--versions",
+        type=int,
+        default=None,
+        help="versions the events spread over (default: 200, or one per 50 events if more), so "
+        "that a version's history, and the parents each event names, stays the same size",
+    )
     args = parser.parse_args()
     quiet()
+    global VERSIONS
+    VERSIONS = args.versions or max(VERSIONS, args.events // 50)
 
     v = bench_verify(args.events)
     print(
@@ -329,7 +347,9 @@ def main() -> None:
             report(server.uri)
             s = bench_sealed(server, args.server_events)
             n = s["events"]
-            print(f"verify through a real mlflow server, {n:,} events on {VERSIONS} versions:")
+            print(
+                f"verify through a real mlflow server, {n:,} events on {SERVER_VERSIONS} versions:"
+            )
             for label in ("loose", "seal", "sealed"):
                 count, took = s[label]
                 what = {
