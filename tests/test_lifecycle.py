@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from mlflow_approvals.lifecycle import (
     Ending,
@@ -16,6 +17,7 @@ from mlflow_approvals.lifecycle import (
     derive,
     eligible_signers,
     level_progress,
+    obvious_request,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -159,3 +161,34 @@ def test_ended_request_cannot_be_cancelled():
     verdict = decide_cancel(derive(record(), (), T0, applied=Ending("dave", T0)), "alice", False)
     assert (verdict.allowed, verdict.kind) == (False, "invalid")
     assert "can no longer be cancelled" in verdict.reason
+
+
+def _at(rid: str, minute: int, applied: int | None = None, cancelled: bool = False) -> Any:
+    """A request filed at ``minute``; applied at minute ``applied``; or cancelled."""
+    when = T0 + timedelta(minutes=minute)
+    done = None if applied is None else Ending("dave", T0 + timedelta(minutes=applied))
+    cancel = Ending("alice", when) if cancelled else None
+    return derive(record(id=rid, created_at=when), (), when, applied=done, cancelled=cancel)
+
+
+def test_obvious_request_is_the_open_one_first():
+    """Without a request id, the open request is meant, even beside later ended ones."""
+    requests = [_at("a" * 12, 1, applied=2), _at("b" * 12, 3), _at("c" * 12, 4, cancelled=True)]
+    assert obvious_request(requests) is requests[1]
+
+
+def test_obvious_request_is_the_one_applied_last_when_none_is_open():
+    """With nothing open, the request applied last is meant, not a newer cancelled one."""
+    requests = [
+        _at("a" * 12, 1, applied=9),
+        _at("b" * 12, 2, applied=3),
+        _at("c" * 12, 4, cancelled=True),
+    ]
+    assert obvious_request(requests) is requests[0]
+
+
+def test_obvious_request_is_the_newest_else_none():
+    """With nothing open or applied, the newest is meant; with no request at all, none."""
+    requests = [_at("a" * 12, 1, cancelled=True), _at("b" * 12, 2, cancelled=True)]
+    assert obvious_request(requests) is requests[1]
+    assert obvious_request([]) is None

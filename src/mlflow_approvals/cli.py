@@ -1333,7 +1333,8 @@ def _follow(
     """The request `status` and `wait` follow: ``request_id``; else, for ``target``, its open
     request, else the one applied last, else the newest; else the version's obvious request.
     None when ``target`` has no request and the version holds it already."""
-    from mlflow_approvals.targets import same_target
+    from mlflow_approvals.lifecycle import obvious_request
+    from mlflow_approvals.targets import is_in_effect, same_target
 
     if request_id is not None:
         return _get(settings, model, version, request_id)
@@ -1354,21 +1355,10 @@ def _follow(
         lambda client: client.list_requests(model, status=None),
     )
     mine = [r for r in found if r.version == version and same_target(r.record.target, target)]
-    open_ = [r for r in mine if r.is_open]
-    applied = [r for r in mine if r.applied is not None]
-    if open_:
-        return open_[0]
-    if applied:
-        return max(applied, key=lambda r: r.applied.time if r.applied else r.created_at)
-    if mine:
-        return mine[-1]
-    mv = settings.client().get_model_version(model, version)
-    held = (
-        mv.current_stage == target.value
-        if target.kind == "stage"
-        else (target.value in (mv.aliases or []))
-    )
-    if held:
+    followed = obvious_request(mine)  # one target has at most one open request
+    if followed is not None:
+        return followed
+    if is_in_effect(settings.client().get_model_version(model, version), target):
         return None
     raise Failure(
         f"{model} v{version} has no request for {target}, and does not hold it: file one with "

@@ -47,6 +47,7 @@ from mlflow_approvals.lifecycle import (
     decide_cancel,
     decide_signoff,
     eligible_signers,
+    obvious_request,
     ungated,
     utcnow,
 )
@@ -673,12 +674,7 @@ class Engine:
         open_ = [r for r in requests if r.is_open]
         if len(open_) > 1:
             raise self._ambiguous(facts.name, facts.version, open_)
-        if open_:
-            return open_[0]
-        applied = [r for r in requests if r.applied is not None]
-        if applied:
-            return max(applied, key=lambda r: r.applied.time if r.applied else r.created_at)
-        return requests[-1] if requests else None
+        return obvious_request(requests)
 
     def _by_id(self, facts: T.VersionFacts, rid: str, now: datetime) -> ApprovalRequest:
         if rid not in facts.requests:

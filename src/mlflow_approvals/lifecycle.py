@@ -690,6 +690,19 @@ def eligible_signers(
     return None
 
 
+def obvious_request(requests: Sequence[ApprovalRequest]) -> ApprovalRequest | None:
+    """The request a step without a request id means, among ``requests`` (oldest first): the
+    open one, else the one applied last, else the newest; None when there is none. With several
+    open requests the first is returned: a caller that can meet several says which to pass."""
+    for request in requests:
+        if request.is_open:
+            return request
+    applied = [r for r in requests if r.applied is not None]
+    if applied:
+        return max(applied, key=lambda r: r.applied.time if r.applied else r.created_at)
+    return requests[-1] if requests else None
+
+
 __all__ = [
     "ApprovalRequest",
     "Decision",
@@ -706,5 +719,6 @@ __all__ = [
     "eligible_signers",
     "format_history",
     "level_progress",
+    "obvious_request",
     "utcnow",
 ]
