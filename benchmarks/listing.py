@@ -43,13 +43,13 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from _common import quiet_process, started_together
 
 from mlflow_approvals.testing import (
     EXAMPLE_POLICY,
@@ -141,21 +141,8 @@ def servers_for(
                 app_name=app,
                 env=noauth if app else None,
             )
-    with contextlib.ExitStack() as stack:
-        with ThreadPoolExecutor(len(managers)) as pool:
-            futures = {key: pool.submit(cm.__enter__) for key, cm in managers.items()}
-        started: dict[tuple[str, str], MlflowServer] = {}
-        failed: BaseException | None = None
-        for key, future in futures.items():
-            try:
-                started[key] = future.result()
-            except BaseException as exc:  # the others are stopped on the way out
-                failed = failed or exc
-            else:
-                stack.push(managers[key].__exit__)
-        if failed is not None:
-            raise failed
-        yield started
+    with started_together(managers) as servers:
+        yield servers
 
 
 # ----------------------------------------------------------------------------- measuring --
@@ -268,12 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pending < 1 or args.reps < 1 or args.versions <= args.pending:
         parser.error("--pending and --reps must be at least 1, --versions above --pending")
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*starlette.middleware.wsgi is deprecated.*")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no requests to other hosts
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
-    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        os.environ.pop(var, None)
+    quiet_process()
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

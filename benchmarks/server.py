@@ -55,7 +55,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -64,6 +63,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from _common import quiet_process, started_together
 
 from mlflow_approvals.testing import (
     EXAMPLE_POLICY,
@@ -127,20 +127,7 @@ def four_servers(root: Path) -> Iterator[dict[str, MlflowServer]]:
         ),
         "appr-noauth": mlflow_server(root / "appr-noauth", app_name="approvals", env=noauth),
     }
-    with contextlib.ExitStack() as stack:
-        with ThreadPoolExecutor(len(managers)) as pool:
-            futures = {name: pool.submit(cm.__enter__) for name, cm in managers.items()}
-        servers: dict[str, MlflowServer] = {}
-        failed: BaseException | None = None
-        for name, future in futures.items():
-            try:
-                servers[name] = future.result()
-            except BaseException as exc:  # the others are stopped on the way out
-                failed = failed or exc
-            else:
-                stack.push(managers[name].__exit__)
-        if failed is not None:
-            raise failed
+    with started_together(managers) as servers:
         yield servers
 
 
@@ -449,12 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.reps, args.auth_reps, args.cycles) < 1 or args.auth_reps > args.reps:
         parser.error("--reps, --auth-reps and --cycles must be at least 1, --auth-reps <= --reps")
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*starlette.middleware.wsgi is deprecated.*")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no requests to other hosts
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
-    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        os.environ.pop(var, None)
+    quiet_process()
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

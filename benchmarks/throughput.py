@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import multiprocessing
 import os
 import platform
@@ -50,13 +49,13 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from _common import quiet_process, started_together
 
 from mlflow_approvals.testing import (
     EXAMPLE_POLICY,
@@ -160,20 +159,7 @@ def two_servers(root: Path, prefix: str, workers: int) -> Iterator[dict[str, Mlf
             root / "plain", backend_store_uri=f"{PG}/{prefix}_plain", workers=workers
         ),
     }
-    with contextlib.ExitStack() as stack:
-        with ThreadPoolExecutor(len(managers)) as pool:
-            futures = {name: pool.submit(cm.__enter__) for name, cm in managers.items()}
-        servers: dict[str, MlflowServer] = {}
-        failed: BaseException | None = None
-        for name, future in futures.items():
-            try:
-                servers[name] = future.result()
-            except BaseException as exc:  # the others are stopped on the way out
-                failed = failed or exc
-            else:
-                stack.push(managers[name].__exit__)
-        if failed is not None:
-            raise failed
+    with started_together(managers) as servers:
         yield servers
 
 
@@ -236,12 +222,6 @@ def status_of(result: Any) -> str:
     return str(getattr(result.status, "value", result.status))
 
 
-def quiet() -> None:
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*starlette.middleware.wsgi is deprecated.*")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-
 def registrar(mode: str) -> str | None:
     """Who registers the models: alice, signed in, on the approvals server; nobody on plain."""
     return "alice" if mode == "approvals" else None
@@ -273,10 +253,9 @@ def worker(
     mode: str, uri: str, names: list[str], barrier: Any, results: Any
 ) -> None:  # pragma: no cover - runs in a child process
     """One process: register its models, then the three timed phases between barriers."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # noqa: F401  (its import sets up its loggers: quiet them after it)
 
-    quiet()
+    quiet_process()
     latencies: dict[str, list[float]] = {phase: [] for phase in PHASES}
     errors: list[str] = []
     outcome: dict[str, str] = {}
@@ -452,14 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"throughput.py needs PostgreSQL: {problem}", file=sys.stderr)
         return 2
-    quiet()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no requests to other hosts
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links
-    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        os.environ.pop(var, None)
+    quiet_process()
     import mlflow
 
-    quiet()  # after MLflow's import, which sets up its loggers
+    quiet_process()  # after MLflow's import, which sets up its loggers
     began = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     prefix = f"bench_{tag}"

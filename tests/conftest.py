@@ -26,6 +26,7 @@ from mlflow_approvals import testing
 from mlflow_approvals.testing import EXAMPLE_POLICY, MlflowServer, register_versions
 
 __all__ = [
+    "CANONICAL_YAML",
     "MLFLOW_MAJOR",
     "POLICY",
     "Server",
@@ -38,6 +39,26 @@ MLFLOW_MAJOR = int(importlib.metadata.version("mlflow").split(".")[0])  # 2 in `
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 _counter = itertools.count(1)
+
+# The policy the docs show (docs/policy.md, policy.py's docstring), as YAML: its content hash is
+# pinned by the tests of fields added later (checks, notifications), which must not change it.
+CANONICAL_YAML = """\
+roles:
+  data-scientist: [alice, bob]
+  ml-engineer: [carol, erin]
+  business-owner: [dave]
+admins: [ml-engineer]
+rules:
+  - name: production
+    models: ["fraud-*"]
+    stages: [Production]
+    aliases: [champion]
+    levels:
+      - [{role: data-scientist, count: 1}, {role: ml-engineer, count: 1}]
+      - [{role: business-owner, count: 1}]
+    expires_after: 7d
+default: allow
+"""
 
 POLICY: dict[str, Any] = EXAMPLE_POLICY  # the test policy; `policy_dict` gives a deep copy
 Server = MlflowServer  # the session server: .uri, .backend, .workers, .root

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
+from conftest import CANONICAL_YAML
 from mlflow_approvals.errors import PolicyError
 from mlflow_approvals.notify import (
     DELIVERY_ID_HEADER,
@@ -31,25 +32,7 @@ from mlflow_approvals.notify import (
 )
 from mlflow_approvals.policy import load_policy
 
-POLICY_YAML = """\
-roles:
-  data-scientist: [alice, bob]
-  ml-engineer: [carol, erin]
-  business-owner: [dave]
-admins: [ml-engineer]
-rules:
-  - name: production
-    models: ["fraud-*"]
-    stages: [Production]
-    aliases: [champion]
-    levels:
-      - [{role: data-scientist, count: 1}, {role: ml-engineer, count: 1}]
-      - [{role: business-owner, count: 1}]
-    expires_after: 7d
-default: allow
-"""
-
-# content_hash of POLICY_YAML computed before notifications existed: it must never change.
+# content_hash of CANONICAL_YAML computed before notifications existed: it must never change.
 HASH_BEFORE_NOTIFICATIONS = (
     "sha256:9e2430f7e2e529528bdeb6d2f0121d6613acba91251df4a073f30c57304012fd"
 )
@@ -59,7 +42,7 @@ SECRET = "s3cr3t-signing-key"
 
 def policy_data() -> dict[str, Any]:
     """A fresh copy of the test policy as a mapping."""
-    data: dict[str, Any] = yaml.safe_load(POLICY_YAML)
+    data: dict[str, Any] = yaml.safe_load(CANONICAL_YAML)
     return copy.deepcopy(data)
 
 

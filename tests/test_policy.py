@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from conftest import CANONICAL_YAML
 from mlflow_approvals.errors import PolicyError
 from mlflow_approvals.policy import (
     STAGES,
@@ -27,24 +28,6 @@ from mlflow_approvals.policy import (
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
-
-CANONICAL_YAML = """\
-roles:
-  data-scientist: [alice, bob]
-  ml-engineer: [carol, erin]
-  business-owner: [dave]
-admins: [ml-engineer]
-rules:
-  - name: production
-    models: ["fraud-*"]
-    stages: [Production]
-    aliases: [champion]
-    levels:
-      - [{role: data-scientist, count: 1}, {role: ml-engineer, count: 1}]
-      - [{role: business-owner, count: 1}]
-    expires_after: 7d
-default: allow
-"""
 
 
 def canonical() -> dict[str, Any]:
