@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from mlflow_approvals.evidence import ArtifactFiles
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from mlflow_approvals.policy import Rule
     from mlflow_approvals.ports import EvidenceSource, Registry
 
-__all__ = ["Assessor", "run_or_none"]
+__all__ = ["Assessment", "Assessor", "run_or_none"]
 
 
 def run_or_none(get_run: Callable[[str], Any], run_id: str) -> Any | None:
@@ -52,37 +54,84 @@ class Assessor:
         self.registry = registry
         self.clock = clock
 
-    def _run(self, run_id: str | None) -> Any | None:
-        if not run_id or self.source is None:
-            return None
-        return self.source.run(run_id)
+    def of(self, mv: ModelVersion) -> Assessment:
+        """The assessment of ``mv`` for one step: its files and runs are read at most once."""
+        return Assessment(self, mv)
 
-    def checks(self, rule: Rule, mv: ModelVersion, target: Target) -> CheckReport:
-        """Every check of ``rule`` on ``mv`` (all evaluated, none skipped)."""
+
+_UNREAD: Any = object()
+
+
+class _OneListing(ArtifactFiles):
+    """A version's files whose tree is listed once for the step (checks and digest share it)."""
+
+    _tree: list[str] | None = None
+
+    def paths(self) -> list[str]:
+        if self._tree is None:
+            self._tree = super().paths()
+        return list(self._tree)
+
+
+def _listed_once(files: Any) -> Any:
+    return _OneListing(files.repo, files.root) if isinstance(files, ArtifactFiles) else files
+
+
+class Assessment:
+    """One step's judgments of one model version (checks, evidence, changes), which share its
+    reads: the version's files (one download-URI look-up and one listing of the tree) and each
+    run, fetched the first time a judgment needs them."""
+
+    def __init__(self, assessor: Assessor, mv: ModelVersion) -> None:
+        self._assessor = assessor
+        self.mv = mv
+        self._files: Any = _UNREAD
+        self._runs: dict[str, Any] = {}
+
+    def _read_files(self) -> Any:
+        source = self._assessor.source
+        if source is None:
+            return None
+        if self._files is _UNREAD:
+            self._files = _listed_once(source.files(self.mv))
+        return self._files
+
+    def _run(self, run_id: str | None) -> Any | None:
+        source = self._assessor.source
+        if not run_id or source is None:
+            return None
+        if run_id not in self._runs:
+            self._runs[run_id] = source.run(run_id)
+        return self._runs[run_id]
+
+    def checks(self, rule: Rule, target: Target) -> CheckReport:
+        """Every check of ``rule`` on the version (all evaluated, none skipped)."""
         from mlflow_approvals.checks import CheckReport, evaluate
 
         if not rule.checks:
             return CheckReport(())
-        files = None if self.source is None else self.source.files(mv)
+        files = self._read_files()
         try:
-            run = self._run(mv.run_id)
+            run = self._run(self.mv.run_id)
         except Exception:  # the check names the missing run; an outage is a failure too
             run = None
-        return evaluate(rule.checks, mv, run, target, files, self.clock())
+        return evaluate(rule.checks, self.mv, run, target, files, self._assessor.clock())
 
-    def evidence(self, mv: ModelVersion) -> Evidence | None:
-        """The evidence digest of ``mv``'s model files, source and run (None without a source).
+    def evidence(self) -> Evidence | None:
+        """The evidence digest of the version's model files, source and run (None without a
+        source).
 
         Raises when the files cannot be read: a request is not filed (or applied) on bytes
         nobody could hash.
         """
-        if self.source is None:
+        if self._assessor.source is None:
             return None
         from mlflow_approvals.errors import ApprovalError, InvalidRequest
         from mlflow_approvals.evidence import collect
 
+        mv = self.mv
         try:
-            return collect(self.source.files(mv), mv.source, mv.run_id)
+            return collect(self._read_files(), mv.source, mv.run_id)
         except ApprovalError:
             raise
         except Exception as exc:
@@ -93,16 +142,18 @@ class Assessor:
                 "client (or the approvals server) can read the artifact store"
             ) from exc
 
-    def changes(self, mv: ModelVersion, holders: tuple[str, ...] | None) -> dict[str, Any] | None:
-        """What differs between ``mv``'s run and the run of the version holding the target."""
-        if self.source is None:
+    def changes(self, holders: tuple[str, ...] | None) -> dict[str, Any] | None:
+        """What differs between the version's run and the run of the version holding the
+        target."""
+        if self._assessor.source is None:
             return None
         from mlflow_approvals.changes import bounded, compare, snapshot
 
+        mv = self.mv
         others = [v for v in holders or () if v != str(mv.version)]
         against = others[-1] if others else None
         old = None
         if against is not None:
-            held = self.registry.get_model_version(mv.name, against)
+            held = self._assessor.registry.get_model_version(mv.name, against)
             old = snapshot(self._run(held.run_id))
         return bounded(compare(snapshot(self._run(mv.run_id)), old, against))

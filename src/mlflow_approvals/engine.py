@@ -263,11 +263,12 @@ class Engine:
                 return existing, False
         self._check_not_already(mv, target)
         package = self.packages.linked(rule, name, version, mv.tags or {})
-        report = self.assess.checks(rule, mv, target)
+        seen = self.assess.of(mv)  # the step's reads of the version's files and runs, once
+        report = seen.checks(rule, target)
         if not report.passed:
             raise self._checks_failed(actor, mv, facts, None, report, target, rule)
         holders = self._holders(mv, target)
-        evidence = self.assess.evidence(mv)
+        evidence = seen.evidence()
         record = self._new_record(
             actor,
             name,
@@ -279,7 +280,7 @@ class Engine:
             holders=holders,
             checks=report.results,
             digest=None if evidence is None else evidence.digest,
-            changes=self.assess.changes(mv, holders),
+            changes=seen.changes(holders),
             sagemaker_arn=package,
         )
         held = self._package(actor, mv, facts, record, PENDING, "")
@@ -831,7 +832,8 @@ class Engine:
         taken = self._taken(mv, request.record, in_stage)
         if taken:
             raise self._supersede(actor, mv, facts, request, taken)
-        evidence = self.assess.evidence(mv)
+        seen = self.assess.of(mv)  # the step's reads of the version's files and runs, once
+        evidence = seen.evidence()
         if evidence is not None and request.record.digest is None:
             raise self.deny(
                 actor,
@@ -846,7 +848,7 @@ class Engine:
             raise self._invalidate(actor, mv, facts, request, evidence)
         rule = self.policy.match(name, target.kind, target.value)
         assert rule is not None  # unbacked() checked that the request's rule gates the target
-        report = self.assess.checks(rule, mv, target)
+        report = seen.checks(rule, target)
         if not report.passed:
             raise self._checks_failed(actor, mv, facts, request, report, target, rule)
         # SageMaker first: when it cannot be reached nothing is promoted, and a retry applies.
@@ -988,7 +990,7 @@ class Engine:
 
         mv, _ = self.read(name, version)
         rule = self.rule_for(name, target.kind, target.value)
-        return CheckReport(()) if rule is None else self.assess.checks(rule, mv, target)
+        return CheckReport(()) if rule is None else self.assess.of(mv).checks(rule, target)
 
     def _checks_failed(
         self,
