@@ -35,3 +35,10 @@ def test_import_does_not_load_mlflow():
     code = "import sys, mlflow_approvals; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_error_class_is_exported():
+    """Each class of the error tree can be imported from the package itself."""
+    from mlflow_approvals import errors
+
+    assert set(errors.__all__) <= set(mlflow_approvals.__all__)

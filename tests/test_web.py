@@ -312,6 +312,38 @@ def test_an_outsiders_post_is_refused_by_the_server(env: Env) -> None:
 
 
 @pytest.mark.server
+def test_a_signer_denied_the_model_can_neither_see_nor_sign_it(env: Env) -> None:
+    """carol holds the level-1 role but is denied the model: page, inbox, post and the check
+    endpoint all refuse her, and nothing is recorded."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from mlflow_approvals.wire import rest_path
+
+    name, v, rid = env.filed()
+    inbox_url = f"{env.uri}/approvals/?model={name}"
+    assert rid in env.get("carol", inbox_url).text  # listed while she may read the model
+    with signed_in(ADMIN):
+        AuthServiceClient(env.uri).grant_user_permission("carol", "registered_model", name, "DENY")
+    before_tags, before_events = env.tags(name, v), len(env.events(name))
+    assert env.get("carol", env.page_url(name, v, rid)).status_code == 403
+    inbox = env.get("carol", inbox_url)
+    assert inbox.status_code == 200 and rid not in inbox.text
+    secret = csrf.read_secret({"MLFLOW_FLASK_SERVER_SECRET_KEY": "approvals-test-secret"})
+    token = csrf.issue(secret.key, "carol", time.time())
+    response = env.post("carol", _form(name, v, rid, "approve", "let me", token))
+    assert response.status_code == 403
+    check = requests.get(
+        env.uri + rest_path("check"),
+        params={"name": name, "version": v, "stage": "Production"},
+        auth=("carol", PASSWORD),
+        timeout=60,
+    )
+    assert check.status_code == 403
+    assert env.tags(name, v) == before_tags
+    assert len(env.events(name)) == before_events
+
+
+@pytest.mark.server
 def test_a_rejection_without_a_reason_is_refused(env: Env) -> None:
     """Reject with an empty (or blank) Comment: 400, the reason is asked for, nothing written."""
     name, v, rid = env.filed()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlflow_approvals.audit import AuditStore
     from mlflow_approvals.client import ApprovalClient
     from mlflow_approvals.errors import (
+        AlreadyInEffect,
         ApprovalError,
         ApprovalPending,
         AuditUnavailable,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "ApprovalClient": "client",
     "AuditStore": "audit",
+    "AlreadyInEffect": "errors",
     "ApprovalError": "errors",
     "ApprovalPending": "errors",
     "AuditUnavailable": "errors",
@@ -58,6 +60,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AlreadyInEffect",
     "ApprovalClient",
     "ApprovalError",
     "ApprovalPending",

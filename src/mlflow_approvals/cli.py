@@ -1773,7 +1773,6 @@ def notify_test(settings: Settings, subscription: str | None) -> None:
     Reads the policy of --policy / MLFLOW_APPROVALS_POLICY, and the signing secrets from the
     environment variables it names. Exits 0 when every delivery succeeded, 1 otherwise.
     """
-    import getpass
     from datetime import datetime, timezone
 
     from mlflow_approvals.notify import Notice, Notifier
@@ -1791,7 +1790,9 @@ def notify_test(settings: Settings, subscription: str | None) -> None:
         )
     failures: list[str] = []
     notifier = Notifier(subs, lambda sub, notice, error: failures.append(f"{sub.name}: {error}"))
-    actor = settings.actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    from mlflow_approvals.identity import resolve_actor
+
+    actor = resolve_actor(settings.actor)
     notice = Notice(
         type="notification.test",
         name="(test)",

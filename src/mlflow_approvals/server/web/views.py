@@ -83,13 +83,10 @@ class Pages:
             return self._unknown_user()
         model = (request.args.get("model") or "").strip()
         error = None
-        readable: dict[str, bool] = {}
         try:
-            found = [
-                r
-                for r in self.engine.list_requests(None, None)
-                if readable.setdefault(r.name, api._may_read(self.settings, r.name))
-            ]
+            every = self.engine.list_requests(None, None)
+            readable = {n: api._may_read(self.settings, n) for n in {r.name for r in every}}
+            found = [r for r in every if readable[r.name]]
         except MlflowException as exc:
             found, error = [], f"The requests could not be read: {exc.message}"
         models = sorted({r.name for r in found})
