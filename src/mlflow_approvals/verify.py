@@ -247,72 +247,16 @@ class _Entry:
     abandoned_by: str | None = None
     anchored: bool = False
     raw: bytes = b""  # the bytes as stored (checked for canonical form when nothing pins them)
-    # Derived from the event once, by _derive (each is read many times per event).
-    _type: str | None = field(default=None, init=False, repr=False)
-    _data: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-    _parents: list[str] = field(default_factory=list, init=False, repr=False)
-    _version: str | None = field(default=None, init=False, repr=False)
-    _key: tuple[str, str] = field(default=("None", "None"), init=False, repr=False)
-
-    def _derive(self) -> None:
-        """Compute the fields read from the event (call once its event is known)."""
-        self._type = self._compute_type()
-        self._data = self._compute_data()
-        self._parents = self._compute_parents()
-        self._version = self._compute_version()
-        self._key = self._compute_key()
-
-    @property
-    def type(self) -> str | None:
-        return self._type
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self._data
-
-    @property
-    def parents(self) -> list[str]:
-        return self._parents
-
-    @property
-    def version(self) -> str | None:
-        return self._version
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """The CloudEvents identity of the event: (source, id)."""
-        return self._key
+    # Read from the event once, by _inspect (each is read many times per event).
+    type: str | None = None  # without the org.mlflow-approvals. prefix
+    data: dict[str, Any] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)
+    version: str | None = None  # the model version the event is about (else its folder's)
+    key: tuple[str, str] = ("None", "None")  # the CloudEvents identity: (source, id)
 
     @property
     def orphaned(self) -> bool:
         return any(p == "orphaned" for p, _ in self.problems)
-
-    def _compute_type(self) -> str | None:
-        if self.event is None:
-            return None
-        kind = self.event.get("type")
-        if not isinstance(kind, str):
-            return None
-        return kind[len(TYPE_PREFIX) :] if kind.startswith(TYPE_PREFIX) else kind
-
-    def _compute_data(self) -> dict[str, Any]:
-        data = (self.event or {}).get("data")
-        return data if isinstance(data, dict) else {}
-
-    def _compute_parents(self) -> list[str]:
-        parents = self._data.get("parents")
-        return [p for p in parents if isinstance(p, str)] if isinstance(parents, list) else []
-
-    def _compute_version(self) -> str | None:
-        model = self._data.get("model")
-        if isinstance(model, dict) and model.get("version") is not None:
-            return str(model["version"])
-        m = _VERSION_FOLDER.match(self.path)
-        return m.group("version") if m else None
-
-    def _compute_key(self) -> tuple[str, str]:
-        event = self.event or {}
-        return (str(event.get("source")), str(event.get("id")))
 
     @property
     def intact(self) -> bool:
@@ -345,6 +289,12 @@ def _shape_problem(event: dict[str, Any], known: Collection[str]) -> str | None:
     return None
 
 
+def _folder_version(path: str) -> str | None:
+    """The version an event file's folder names (``events/v3/...``), or None."""
+    m = _VERSION_FOLDER.match(path)
+    return m.group("version") if m else None
+
+
 def _inspect(path: str, raw: bytes, digest: str, known: Collection[str]) -> _Entry:
     """Parse one file and check it on its own: readable, named by its hash, in its place.
 
@@ -364,7 +314,7 @@ def _inspect(path: str, raw: bytes, digest: str, known: Collection[str]) -> _Ent
             event = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         entry.problems.append(("unreadable", f"unreadable: {exc}"))
-        entry._derive()
+        entry.version = _folder_version(path)
         return entry
     shape = (
         "not an audit event: not a JSON object"
@@ -373,18 +323,18 @@ def _inspect(path: str, raw: bytes, digest: str, known: Collection[str]) -> _Ent
     )
     if shape:
         entry.problems.append(("unreadable", shape))
-        entry._derive()
+        entry.version = _folder_version(path)
         return entry
     entry.event = event
     # The shape is known good: derive the fields directly (the hot path of verify).
     data = event["data"]
     kind = event["type"]
     version = data["model"]["version"]
-    entry._data = data
-    entry._parents = data["parents"]
-    entry._type = kind[_PREFIX_LEN:] if kind.startswith(TYPE_PREFIX) else kind
-    entry._key = (event["source"], event["id"])
-    entry._version = str(version) if version is not None else entry._compute_version()
+    entry.data = data
+    entry.parents = data["parents"]
+    entry.type = kind[_PREFIX_LEN:] if kind.startswith(TYPE_PREFIX) else kind
+    entry.key = (event["source"], event["id"])
+    entry.version = str(version) if version is not None else _folder_version(path)
     if entry.name_hash is None:
         entry.problems.append(("misplaced", "misplaced: the file name carries no event hash"))
     elif entry.name_hash != digest:
