@@ -425,7 +425,7 @@ class AuditStore:
         segments: list[tuple[str, bytes]] = []
         for place in places:
             segments += place.files(S.SEGMENT_FOLDER, ".jsonl", set())
-        covered, _ = S.covered_paths(segments, sealed)
+        covered = S.covered_paths(segments, sealed)
         loose: list[tuple[str, bytes]] = []
         for place in places:
             loose += place.files("events", ".json", covered)
@@ -458,11 +458,8 @@ class AuditStore:
             return []
         with tempfile.TemporaryDirectory(prefix="mlflow-approvals-seal-") as tmp:
             stored = self.load(name, tmp)
-        _, already = S.covered_paths(stored.segments, stored.sealed)
-        held = set(already)
-        todo = sorted(
-            {(p, raw) for p, raw in stored.loose if (p, raw) not in held and S.sealable(p, raw)}
-        )
+        # ``loose`` leaves out every event an intact, anchored segment holds already.
+        todo = sorted({(p, raw) for p, raw in stored.loose if S.sealable(p, raw)})
         if len(todo) < min_events:
             return []
         written: list[tuple[str, int]] = []

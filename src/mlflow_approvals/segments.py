@@ -124,23 +124,17 @@ def decode(raw: bytes) -> tuple[list[tuple[str, bytes]], str | None]:
     return entries, problem
 
 
-def covered_paths(
-    segments: Sequence[tuple[str, bytes]], sealed: Collection[str]
-) -> tuple[set[str], list[tuple[str, bytes]]]:
-    """The event paths that intact, anchored segments hold, and those segments' events.
+def covered_paths(segments: Sequence[tuple[str, bytes]], sealed: Collection[str]) -> set[str]:
+    """The event paths that intact, anchored segments hold.
 
     A segment counts when its bytes hash to the hash in its name and that hash is in ``sealed``.
     """
     paths: set[str] = set()
-    events: list[tuple[str, bytes]] = []
     for path, raw in segments:
         digest = hashlib.sha256(raw).hexdigest()
-        if name_hash(path) != digest or digest not in sealed:
-            continue
-        entries, _ = decode(raw)
-        events += entries
-        paths.update(p for p, _ in entries)
-    return paths, events
+        if name_hash(path) == digest and digest in sealed:
+            paths.update(p for p, _ in decode(raw)[0])
+    return paths
 
 
 @dataclass(frozen=True)
@@ -161,7 +155,6 @@ class Checked:
     files: list[tuple[str, bytes]]
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    sealed_events: int = 0
 
 
 def check_segments(
@@ -204,7 +197,6 @@ def check_segments(
         if claimed == digest and digest in sealed and not unreadable
         for item in entries
     }
-    sealed_events = 0
     unfinished = 0
     for path, digest, claimed, entries, unreadable in decoded:
         reasons: list[tuple[str, str]] = []
@@ -236,8 +228,6 @@ def check_segments(
             order = ("unreadable", "hash mismatch", "misplaced", "not anchored")
             reasons.sort(key=lambda r: order.index(r[0]))
             findings.append(Finding(path, digest, reasons[0][0], "; ".join(r for _, r in reasons)))
-        elif anchored:
-            sealed_events += len(entries)
         for item in entries:
             if item not in seen:
                 seen.add(item)
@@ -252,4 +242,4 @@ def check_segments(
             f"note: {unfinished} segment(s) no tag seals hold only events the log holds anyway "
             "(a seal that stopped before its anchor); run the seal again"
         )
-    return Checked(out, findings, notes, sealed_events)
+    return Checked(out, findings, notes)
