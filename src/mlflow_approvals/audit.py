@@ -325,7 +325,7 @@ class AuditStore:
             raise ValueError(f"not the SHA-256 hash of an audit event: {digest!r}")
         key = deletion_tag(None if version is None else str(version))
         try:
-            self._client.set_tag(self.writer_run(name), key, digest)
+            self._anchor(self.writer_run(name), key, digest)
         except Exception as exc:
             if type(exc).__name__ == "AuditUnavailable":
                 raise
@@ -346,7 +346,7 @@ class AuditStore:
             if not isinstance(h, str) or not _SHA256_HEX.match(h):
                 raise ValueError(f"not the SHA-256 hash of an audit event: {h!r}")
         try:
-            self._client.set_tag(self.writer_run(name), abandonment_tag(version, orphan), digest)
+            self._anchor(self.writer_run(name), abandonment_tag(version, orphan), digest)
         except Exception as exc:
             if type(exc).__name__ == "AuditUnavailable":
                 raise
@@ -471,7 +471,7 @@ class AuditStore:
             path = S.segment_path(digest, utcnow())
             try:
                 self._write_text(run_id, body.decode("utf-8"), path)
-                self._client.set_tag(run_id, S.sealed_tag(digest), path)
+                self._anchor(run_id, S.sealed_tag(digest), path)
             except Exception as exc:
                 if type(exc).__name__ == "AuditUnavailable":
                     raise
@@ -501,6 +501,18 @@ class AuditStore:
         """List and fetch the run's artifacts straight from its artifact repository: one
         request per listing and one per file."""
         return _RepoListing(repository(artifact_uri, str(self._client.tracking_uri)))
+
+    def _anchor(self, run_id: str, key: str, value: str) -> None:
+        """Set the audit-run tag ``key``, which several writers may set at once (two sealers of
+        the same events, two reconcilers of one orphan): MLflow has no compare-and-set, and two
+        first writes of one key can make one fail on the store's unique constraint. When the
+        key is there after a failure, the other writer's anchor stands; else the error is
+        raised."""
+        try:
+            self._client.set_tag(run_id, key, value)
+        except Exception:
+            if key not in (self._client.get_run(run_id).data.tags or {}):
+                raise
 
     def _write_text(self, run_id: str, text: str, path: str) -> None:
         """Write one artifact of an audit run, through the run's artifact repository resolved
